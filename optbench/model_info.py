@@ -1,0 +1,104 @@
+"""Model metadata that optimizers may need: width, heads and a role for every parameter.
+
+Tasks declare roles explicitly (SlimAdam's static rules and Adam-mini's partition are
+derived from them), so nothing downstream guesses a layer's job from its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+ROLES = (
+    "query",
+    "key",
+    "value",
+    "qkv",  # fused query/key/value projection (GPU-tier models that fuse them)
+    "attn_out",
+    "mlp_in",
+    "mlp_out",
+    "embedding",
+    "pos_embedding",
+    "head",
+    "norm",
+    "bias",
+    "conv_in",
+    "conv",
+    "classifier",
+    "linear",
+    "recurrent",
+    "other",
+)
+
+_ATTR = "_optbench_info"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an optimizer may know about a model beyond its parameters."""
+
+    roles: dict[str, str]
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = {name: role for name, role in self.roles.items() if role not in ROLES}
+        if bad:
+            raise ValueError(f"unknown parameter roles {bad}; accepted roles: {', '.join(ROLES)}")
+
+    def role(self, name: str) -> str:
+        try:
+            return self.roles[name]
+        except KeyError:
+            raise KeyError(f"no role declared for parameter {name!r}") from None
+
+    def check_covers(self, model: nn.Module) -> None:
+        """Every trainable parameter of ``model`` has a role, and no role names a missing one."""
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = sorted(names - self.roles.keys())
+        extra = sorted(self.roles.keys() - names)
+        if missing or extra:
+            raise ValueError(
+                f"model metadata does not match the model: parameters without a role {missing}, "
+                f"roles for unknown parameters {extra}"
+            )
+
+
+def attach_info(model: nn.Module, info: ModelInfo) -> nn.Module:
+    """Attach ``info`` to ``model`` (checked against its parameters) and return the model."""
+    info.check_covers(model)
+    object.__setattr__(model, _ATTR, info)
+    return model
+
+
+def get_model_info(model: nn.Module, *, required: bool = True) -> ModelInfo | None:
+    """The metadata attached by the task, or ``None``/an error when there is none."""
+    info = getattr(model, _ATTR, None)
+    if info is None and required:
+        raise ValueError(
+            f"{type(model).__name__} carries no optbench model metadata (roles, d_model, n_heads); "
+            "attach it with optbench.model_info.attach_info(model, ModelInfo(...))"
+        )
+    return info
+
+
+def roles_by_suffix(model: nn.Module, rules: list[tuple[str, str]], default: str | None = None) -> dict[str, str]:
+    """Build a role map for a task's own model from (name suffix, role) pairs, first match wins.
+
+    This is for task authors who know their module names; it is never used to guess roles
+    of a foreign model. A parameter that matches no rule gets ``default`` or raises.
+    """
+    roles: dict[str, str] = {}
+    for name, _ in model.named_parameters():
+        for suffix, role in rules:
+            if name.endswith(suffix):
+                roles[name] = role
+                break
+        else:
+            if default is None:
+                raise ValueError(f"no role rule matches parameter {name!r}")
+            roles[name] = default
+    return roles

@@ -1,0 +1,165 @@
+"""The two public specs: what an optimizer is and needs, and what a task trains and measures.
+
+A spec declares everything the runner must know, so the runner never asks for a name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from optbench.model_info import ModelInfo
+
+DEVICES = ("cpu", "cuda")
+TIERS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What must be present for a spec to run: importable packages and a device kind."""
+
+    packages: tuple[str, ...] = ()
+    devices: tuple[str, ...] = DEVICES
+    check: Callable[[], str | None] | None = None  # extra condition; returns a reason or None
+
+    def unmet(self, device: str | None = None) -> str | None:
+        """The reason this cannot run (on ``device``, when given), or ``None``."""
+        missing = [p for p in self.packages if importlib.util.find_spec(p) is None]
+        if missing:
+            return f"missing package(s): {', '.join(missing)}"
+        if device is not None and torch.device(device).type not in self.devices:
+            return f"runs on {', '.join(self.devices)} only, not {device}"
+        if self.check is not None:
+            return self.check()
+        return None
+
+
+BuildFn = Callable[..., torch.optim.Optimizer]  # (model, lr, **hparams)
+StateBytesFn = Callable[..., int]  # (model, **hparams) -> exact optimizer-state bytes
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One registered optimizer.
+
+    ``build(model, lr, **hparams)`` returns a ready optimizer; it receives ``defaults``
+    merged with the user's hyperparameters. ``state_bytes(model, **hparams)`` is the exact
+    analytic size of every tensor the optimizer keeps after its first step.
+    """
+
+    name: str
+    family: str
+    paper: str
+    build: BuildFn
+    state_bytes: StateBytesFn
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    default_lr: float = 1e-3
+    requires: Requirements = field(default_factory=Requirements)
+    needs_model_info: bool = False
+    description: str = ""
+
+    def unavailable_reason(self, device: str | None = None) -> str | None:
+        return self.requires.unmet(device)
+
+    def resolve_hparams(self, hparams: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``defaults`` overlaid with ``hparams``; unknown keys are an error naming the known ones."""
+        merged = dict(self.defaults)
+        for key, value in (hparams or {}).items():
+            if key == "lr":
+                continue
+            if key not in self.defaults:
+                known = ", ".join(sorted(self.defaults)) or "(none)"
+                raise ValueError(f"unknown hyperparameter {key!r} for optimizer {self.name!r}; known: {known}")
+            merged[key] = value
+        return merged
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A fixed training budget for one preset."""
+
+    steps: int
+    batch_size: int
+    eval_every: int  # evaluate every this many steps (and always at the end)
+    target: float | None = None  # metric value for steps-to-target
+    log_every: int = 10  # train loss recorded every this many steps
+    warmup_steps: int = 3  # excluded from timing medians
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "eval_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"budget {key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metric: float
+    loss: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TaskInstance:
+    """A task set up for one (preset, seed, device): model, data stream and evaluation."""
+
+    model: nn.Module
+    info: ModelInfo
+    batches: Iterator[Any]  # deterministic given the seed; already on the device
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+    evaluate: Callable[[nn.Module], EvalResult]
+    samples_per_step: int
+    tokens_per_step: int | None = None
+    autocast_dtype: torch.dtype | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. "generated stand-in data (smoke)"
+
+
+SetupFn = Callable[..., TaskInstance]  # (preset, seed, device, **options)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registered task: a model, its data, a metric and a budget per preset."""
+
+    name: str
+    tier: str
+    description: str
+    metric: Metric
+    budgets: Mapping[str, Budget]
+    setup: SetupFn
+    default_lrs: Mapping[str, float] = field(default_factory=dict)
+    requires: Requirements = field(default_factory=Requirements)
+    options: tuple[str, ...] = ()  # accepted setup options, e.g. ("text_file",)
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(f"task {self.name!r}: tier {self.tier!r} not in {TIERS}")
+
+    def budget(self, preset: str) -> Budget:
+        try:
+            return self.budgets[preset]
+        except KeyError:
+            raise ValueError(
+                f"task {self.name!r} has no budget for preset {preset!r}; presets: {', '.join(self.budgets)}"
+            ) from None
+
+    def instantiate(self, preset: str, seed: int, device: str | torch.device = "cpu", **options: Any) -> TaskInstance:
+        self.budget(preset)
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in self.options)
+        if unknown:
+            raise ValueError(
+                f"task {self.name!r} does not accept option(s) {unknown}; accepted: {list(self.options) or 'none'}"
+            )
+        given = {k: v for k, v in options.items() if v is not None}
+        return self.setup(preset=preset, seed=seed, device=torch.device(device), **given)
