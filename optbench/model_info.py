@@ -42,6 +42,7 @@ class ModelInfo:
     d_model: int | None = None
     n_heads: int | None = None
     n_kv_heads: int | None = None
+    task: str | None = None  # the registered task this model belongs to (rules files are per task)
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ def build_model(hidden: int = HIDDEN) -> nn.Module:
     )
     roles = {"1.weight": "mlp_in", "3.weight": "mlp_in", "5.weight": "classifier"}
     roles.update({name: "bias" for name, _ in model.named_parameters() if name.endswith("bias")})
-    return attach_info(model, ModelInfo(roles=roles, d_model=hidden, n_heads=1))
+    return attach_info(model, ModelInfo(roles=roles, d_model=hidden, n_heads=1, task="digits-mlp"))
 
 
 def setup(preset: str, seed: int, device: torch.device) -> TaskInstance:
