@@ -38,14 +38,16 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
+def _origin(spec) -> str:
+    fn = getattr(spec, "build", None) or spec.setup
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 def _register(table: dict, kind: str, spec) -> None:
     old = table.get(spec.name)
-    if old is not None and old != spec:
-        # Re-importing the same module re-registers an equal spec; anything else is a clash.
-        if getattr(old.build if kind == "optimizer" else old.setup, "__qualname__", None) != getattr(
-            spec.build if kind == "optimizer" else spec.setup, "__qualname__", None
-        ):
-            raise ValueError(f"{kind} {spec.name!r} is already registered")
+    # Re-importing a module registers the same spec again; a different origin is a name clash.
+    if old is not None and _origin(old) != _origin(spec):
+        raise ValueError(f"{kind} {spec.name!r} is already registered (by {_origin(old)})")
     table[spec.name] = spec
 
 

@@ -1,0 +1,69 @@
+"""Sessions: tests, bench, lint, microbench, check, sweep, studies, projection.
+
+Every session but lint shares one environment (``.nox/optbench-env``): torch is several GB,
+so it is installed once, and reinstalled only when pyproject.toml changes (a stamp file holds
+its hash). ``nox -s bench -- ARGS`` passes ARGS to ``optbench run`` and then writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+ROOT = Path(__file__).resolve().parent
+ENV = ROOT / ".nox" / "optbench-env"
+BIN = ENV / ("Scripts" if sys.platform == "win32" else "bin")
+
+
+def optbench_env(session: nox.Session) -> Path:
+    """Create (once) and update (when pyproject.toml changes) the shared environment; return its python."""
+    python = BIN / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    stamp = ENV / "optbench-install.stamp"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != want:
+        session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True)
+        session.run(str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]", external=True)
+        stamp.write_text(want)
+    else:
+        session.log(f"reusing {ENV} (pyproject.toml unchanged)")
+    return python
+
+
+def run_in_env(session: nox.Session, *args: str) -> None:
+    session.run(str(optbench_env(session)), *args, external=True)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The test suite (CPU, minutes). Extra arguments go to pytest, e.g. `-- -m slow`."""
+    run_in_env(session, "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """The default leaderboard: `optbench run` with the given arguments, then `optbench report`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--runs-dir", default="results/runs")
+    known, _ = parser.parse_known_args(session.posargs)
+    run_args = list(session.posargs)
+    if "--preset" not in run_args:
+        run_args += ["--preset", known.preset]
+    run_in_env(session, "-m", "optbench", "run", *run_args)
+    run_in_env(session, "-m", "optbench", "report", "--preset", known.preset, "--runs-dir", known.runs_dir,
+               "--out", "results", "--command", "nox -s bench" + ("".join(f" {a}" for a in ["--"] + session.posargs)
+                                                                 if session.posargs else ""))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole project."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
