@@ -1,0 +1,69 @@
+"""The environment a run was measured in, recorded with every run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+import optbench
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """HEAD of the checkout optbench runs from, with ``-dirty`` when files differ; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def environment(device: torch.device | str) -> dict:
+    device = torch.device(device)
+    return {
+        "optbench": optbench.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+    }
+
+
+def hardware_key(env: dict) -> tuple:
+    """What must match for two runs' timings and memory to be comparable."""
+    return (env.get("device"), env.get("device_name"), env.get("torch"), env.get("threads"))
+
+
+def default_device(preset: str) -> str:
+    return "cuda" if preset == "gpu" and torch.cuda.is_available() else "cpu"

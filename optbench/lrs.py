@@ -1,0 +1,44 @@
+"""Learning rates: explicit > the committed sweep table > the task's default > the optimizer's.
+
+``tasks/tuned_lrs.json`` is written by ``optbench sweep`` and read by every run, so the
+leaderboard compares optimizers at their tuned learning rates and says where one was not tuned.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from optbench.spec import OptimizerSpec, TaskSpec
+
+TUNED_LRS_PATH = Path(__file__).resolve().parent.parent / "tasks" / "tuned_lrs.json"
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    table = json.loads(path.read_text())
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a JSON object {{preset: {{task: {{optimizer: lr}}}}}}")
+    return table
+
+
+def tuned_table(path: Path = TUNED_LRS_PATH) -> dict:
+    return _load(path)
+
+
+def resolve_lr(task: TaskSpec, optimizer: OptimizerSpec, preset: str, explicit: float | None = None,
+               path: Path = TUNED_LRS_PATH) -> tuple[float, str]:
+    """The learning rate for this cell and where it came from ('explicit', 'sweep', 'task', 'optimizer')."""
+    if explicit is not None:
+        return float(explicit), "explicit"
+    # smoke runs reuse the cpu sweep: their budgets are too short to tune on.
+    for table_preset in (preset, "cpu") if preset == "smoke" else (preset,):
+        lr = _load(path).get(table_preset, {}).get(task.name, {}).get(optimizer.name)
+        if lr is not None:
+            return float(lr), "sweep"
+    if optimizer.name in task.default_lrs:
+        return float(task.default_lrs[optimizer.name]), "task"
+    return float(optimizer.default_lr), "optimizer"
