@@ -1,0 +1,289 @@
+"""Peak training memory, measured tensor by tensor, with a breakdown by what each tensor is.
+
+The runner calls :func:`measure_training_memory` in its own pass (timings are taken
+without instrumentation). It runs ``steps`` full training steps under torch's
+``MemTracker`` (``torch.distributed._tools.mem_tracker``), a dispatch mode that sees every
+tensor storage an op creates and files it under one of: parameter, buffer, gradient,
+activation, temporary (backward), optimizer state, other. It works the same on CPU, CUDA,
+and under ``FakeTensorMode`` (which :mod:`optbench.project` uses to measure without memory).
+
+How the figures are read (all on the model's device):
+
+- ``peak_bytes``: the largest total of live tracked storages over the steps.
+- ``peak_by_category``: the live storages at that moment, each filed by what it *turned
+  out to be*. MemTracker files a gradient as a temporary when backward creates it and
+  re-files it as a gradient when the parameter's hook runs; the peak often falls between
+  the two, so this module remembers which storages were live at the peak and reads their
+  final category afterwards. Likewise, everything allocated inside ``optimizer.step()`` is
+  filed as optimizer state by MemTracker; here only storages that were reachable from the
+  optimizer's state after a step (``optbench.state.state_tensors``, which includes an
+  optimizer's ``optbench_extra_state()``) count as ``optimizer``; the rest of what a step
+  allocates counts as ``temporaries``.
+- ``params`` includes module buffers (model state; reported apart in ``raw_by_category``).
+- ``activations`` includes the input batch (tracked as "inputs" in ``raw_by_category``) and
+  the loss; ``temporaries`` are gradients of activations and other backward scratch,
+  plus scratch of the optimizer step.
+- The data pipeline is not counted: each batch is fetched before tracking starts and
+  tracked from the step that uses it.
+
+On CUDA, MemTracker rounds each storage up to the caching allocator's 512-byte block, so
+its figures exceed exact element counts by that rounding (a 0-d ``step`` tensor counts
+512 bytes). ``cuda_max_allocated``/``cuda_max_reserved`` come from the allocator after
+``torch.cuda.reset_peak_memory_stats``. The CUDA path has not been run on this machine.
+
+If MemTracker fails on an optimizer (packages with custom kernels or tensor subclasses),
+the steps run again without it and the figures come from counting tensors directly; the
+``method`` string then says so and names the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+
+from optbench.state import iter_tensors, optimizer_state_bytes, state_tensors
+
+CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
+
+# MemTracker's reference types -> the raw names kept in MemoryReport.raw_by_category.
+_RAW_NAMES = {
+    _MemRefType.PARAM: "params",
+    _MemRefType.BUFFER: "buffers",
+    _MemRefType.GRAD: "grads",
+    _MemRefType.ACT: "activations",
+    _MemRefType.TEMP: "temporaries",
+    _MemRefType.OPT: "optimizer",
+    _MemRefType.OTH: "inputs",  # the only tensors tracked as "other" here are the batches
+}
+# raw name -> reported category
+_FOLD = {
+    "params": "params",
+    "buffers": "params",
+    "grads": "grads",
+    "optimizer": "optimizer",
+    "optimizer_scratch": "temporaries",
+    "activations": "activations",
+    "inputs": "activations",
+    "temporaries": "temporaries",
+}
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class MemoryReport:
+    """Peak memory of a few training steps and what it was made of at the peak."""
+
+    peak_bytes: int
+    peak_by_category: dict[str, int]
+    method: str
+    cuda_max_allocated: int | None = None
+    cuda_max_reserved: int | None = None
+    raw_by_category: dict[str, int] = field(default_factory=dict)  # before folding into CATEGORIES
+    optimizer_state_bytes: int = 0  # counted from the optimizer's tensors after the last step
+    device: str = "cpu"
+
+
+def to_record(report: MemoryReport) -> dict[str, Any]:
+    """The run record's ``memory`` entry, minus ``optimizer_state_bytes`` (the runner adds it)."""
+    return {
+        "peak_bytes": int(report.peak_bytes),
+        "peak_by_category": {key: int(report.peak_by_category.get(key, 0)) for key in CATEGORIES},
+        "method": report.method,
+        "cuda_max_allocated": report.cuda_max_allocated,
+        "cuda_max_reserved": report.cuda_max_reserved,
+    }
+
+
+class _PeakTracker(MemTracker):
+    """MemTracker that also remembers which storages were live at the device's peak."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self._device_of_interest = device
+        self.peak_live: list[Any] = []  # the _WeakRefInfo records live at the peak
+
+    def _live(self) -> list[Any]:
+        return [winfo for winfo, _ in self._WINFO.values() if winfo.device == self._device_of_interest]
+
+    def _update_peak_stats(self, peak_state) -> None:  # noqa: ANN001 - MemTracker's signature
+        before = self._peak_mem.get(self._device_of_interest, 0)
+        super()._update_peak_stats(peak_state)
+        if self._peak_mem.get(self._device_of_interest, 0) > before:
+            self.peak_live = self._live()
+
+    def __enter__(self) -> _PeakTracker:
+        super().__enter__()
+        self.peak_live = self._live()
+        return self
+
+    def track_as(self, reftype: _MemRefType, tensors: Iterable[torch.Tensor]) -> set[int]:
+        """File ``tensors`` under ``reftype`` (tracking them if new); return their records' ids."""
+        ids: set[int] = set()
+        for t in tensors:
+            ids.update(id(w) for w in self._update_and_maybe_create_winfos(t, reftype))
+        return ids
+
+    def peak_device_bytes(self) -> int:
+        return int(self._peak_mem.get(self._device_of_interest, 0))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    raise ValueError(f"{type(model).__name__} has no parameters or buffers; cannot tell its device")
+
+
+def _prefetch(it: Iterator[Any], steps: int) -> list[Any]:
+    out = []
+    for i in range(steps):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            raise ValueError(f"batches ran out after {i} batch(es); {steps} steps need {steps}") from None
+    return out
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _train_step(model, optimizer, batch, loss_fn, device, autocast_dtype) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device, autocast_dtype):
+        loss = loss_fn(model, batch)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _tracked_run(model, optimizer, batches, loss_fn, steps, device, autocast_dtype) -> MemoryReport:
+    tracker = _PeakTracker(device)
+    tracker.track_external(model)
+    state_ids = tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
+    with tracker:
+        for i, batch in enumerate(batches):
+            tracker.track_as(_MemRefType.OTH, iter_tensors(batch))
+            batches[i] = None  # drop our reference so the batch is freed after its step
+            loss = _train_step(model, optimizer, batch, loss_fn, device, autocast_dtype)
+            del batch, loss
+            state_ids |= tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
+            tracker.reset_mod_stats()  # MemTracker refuses a second forward of a root module otherwise
+    raw = dict.fromkeys(list(_RAW_NAMES.values()) + ["optimizer_scratch"], 0)
+    for winfo in tracker.peak_live:
+        name = _RAW_NAMES[winfo.reftype]
+        if name == "optimizer" and id(winfo) not in state_ids:
+            name = "optimizer_scratch"
+        raw[name] += winfo.mem_consumed
+    peak = tracker.peak_device_bytes()
+    by_cat = dict.fromkeys(CATEGORIES, 0)
+    for name, nbytes in raw.items():
+        by_cat[_FOLD[name]] += nbytes
+    if sum(by_cat.values()) != peak:  # every live storage is filed once; a mismatch is a tracking bug
+        raise RuntimeError(f"MemTracker breakdown {by_cat} does not add up to its peak {peak}")
+    method = (
+        f"torch MemTracker (tensor-level, {device.type}), peak over steps 1-{len(batches)}; "
+        "breakdown at the peak, tensors filed by final role; params include buffers, "
+        "activations include the input batch"
+    )
+    return MemoryReport(peak_bytes=peak, peak_by_category=by_cat, method=method, raw_by_category=raw,
+                        optimizer_state_bytes=optimizer_state_bytes(optimizer), device=str(device))
+
+
+def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[st.data_ptr() or id(st)] = st.nbytes()
+    return sum(seen.values())
+
+
+def _counted_run(model, optimizer, batches, loss_fn, steps, device, autocast_dtype, why: str) -> MemoryReport:
+    """Fallback: count tensors directly instead of tracking every allocation."""
+    params = _storage_bytes(list(model.parameters()) + list(model.buffers()))
+    grads = activations = 0
+
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    for i, batch in enumerate(batches):
+        batches[i] = None
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, autocast_dtype):
+            loss = loss_fn(model, batch)
+        # saved tensors that are parameters are not activations
+        param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        acts = [t for t in saved if t.untyped_storage().data_ptr() not in param_ptrs]
+        activations = max(activations, _storage_bytes(acts + list(iter_tensors(batch))))
+        saved.clear()
+        loss.backward()
+        grads = max(grads, _storage_bytes(p.grad for p in model.parameters() if p.grad is not None))
+        optimizer.step()
+        del batch, loss, acts
+    opt_bytes = optimizer_state_bytes(optimizer)
+    by_cat = {"params": params, "grads": grads, "optimizer": opt_bytes, "activations": activations, "temporaries": 0}
+    method = (
+        f"fallback (MemTracker failed: {why}): params, grads and optimizer state counted from tensors, "
+        f"activations = bytes saved for backward plus the batch, temporaries not measured; "
+        f"peak_bytes = their sum (an estimate, not a tracked peak), steps 1-{len(batches)}"
+    )
+    return MemoryReport(peak_bytes=sum(by_cat.values()), peak_by_category=by_cat, method=method,
+                        raw_by_category=dict(by_cat), optimizer_state_bytes=opt_bytes, device=str(device))
+
+
+def measure_training_memory(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Any] | Iterator[Any],
+    loss_fn: LossFn,
+    *,
+    steps: int = 2,
+    autocast_dtype: torch.dtype | None = None,
+) -> MemoryReport:
+    """Run ``steps`` training steps under tensor-level tracking and report the peak.
+
+    Each step is ``zero_grad(set_to_none=True)``, forward (under autocast when
+    ``autocast_dtype`` is given), backward, ``optimizer.step()``. ``model`` and
+    ``optimizer`` are trained by those steps; run this on a copy if that matters.
+    ``batches`` yields what ``loss_fn(model, batch)`` takes; ``steps`` of them are used.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    device = model_device(model)
+    # A list is read again from its start by the fallback; an iterator is read on.
+    source = batches if isinstance(batches, Iterator) else None
+    todo = _prefetch(source if source is not None else iter(batches), steps)
+    on_cuda = device.type == "cuda" and torch.cuda.is_available()
+    if on_cuda:  # never run here: no GPU on the development machine
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        # the list is handed over: the run drops each batch after its step
+        report = _tracked_run(model, optimizer, todo, loss_fn, steps, device, autocast_dtype)
+    except Exception as exc:  # noqa: BLE001 - any tracker failure falls back, and the method says why
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        todo = _prefetch(source if source is not None else iter(batches), steps)
+        report = _counted_run(model, optimizer, todo, loss_fn, steps, device, autocast_dtype, why)
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        report.cuda_max_allocated = int(torch.cuda.max_memory_allocated(device))
+        report.cuda_max_reserved = int(torch.cuda.max_memory_reserved(device))
+    return report
+
+
+def report_dict(report: MemoryReport) -> dict[str, Any]:
+    """Everything in the report as plain data (for JSON output)."""
+    return asdict(report)
