@@ -1,0 +1,133 @@
+"""SlimAdam's SNR analysis: the formula on tensors with known answers, the rule, and `optbench snr`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from optbench import snr
+from optbench.cli import main
+
+
+def test_snr_of_constant_rows_is_high_along_the_constant_axis():
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.rand(16, 1, generator=gen) * 10 + 1  # each row its own value, constant along dim 1
+    v = rows.expand(16, 32) * (1 + 1e-3 * torch.randn(16, 32, generator=gen))
+    assert snr.snr_along(v, (1,)) > 1e4
+    assert snr.snr_along(v, (0,)) < 10  # rows differ by up to 11x: much lower along dim 0
+    assert snr.choose_axes({"fan_in": snr.snr_along(v, (1,)), "fan_out": snr.snr_along(v, (0,))},
+                           {"fan_in": (1,), "fan_out": (0,)}) == (1,)
+
+
+def test_snr_formula_matches_hand_computation():
+    v = torch.tensor([[1.0, 3.0], [2.0, 2.0], [0.0, 4.0]])
+    # along dim 1: means 2, 2, 2; population variances 1, 0, 4 -> ratios 4, inf (dropped), 1
+    assert snr.snr_along(v, (1,)) == pytest.approx((4 + 1) / 2)
+    assert snr.variance_along(v, (1,)) == pytest.approx((1 + 0 + 4) / 3)
+    expected = math.sqrt((1 + 1 + 0 + 0 + 4 + 4) / (1 + 9 + 4 + 4 + 0 + 16))
+    assert snr.relerr_along(v, (1,)) == pytest.approx(expected)
+    stats = snr.moment_stats(v, (1,))
+    assert stats["snr"] == pytest.approx(2.5) and stats["relerr"] == pytest.approx(expected)
+    assert stats["mean"] == pytest.approx(2.0) and stats["variance"] == pytest.approx(5 / 3)
+
+
+def test_exactly_constant_is_infinite_and_all_zero_is_nan():
+    assert snr.snr_along(torch.full((3, 4), 2.0), (0, 1)) == math.inf
+    assert math.isnan(snr.snr_along(torch.zeros(3, 4), (1,)))
+
+
+def test_iid_noise_with_big_variance_is_not_chosen():
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(64, 64, generator=gen).square() * 100  # chi-square(1): SNR = 1/2 along any axis
+    opts = snr.axis_options(v.shape, "mlp_in")
+    scores = {name: snr.snr_along(v, axes) for name, axes in opts.items()}
+    assert all(s < 1 for s in scores.values()), scores
+    assert snr.choose_axes(scores, opts, "snr", alpha=1.0) is None
+    rel = {name: snr.relerr_along(v, axes) for name, axes in opts.items()}
+    assert snr.choose_axes(rel, opts, "relerr", alpha=1.0) is None
+
+
+def test_threshold_is_strict_and_highest_passing_option_wins():
+    opts = {"fan_in": (1,), "fan_out": (0,), "both": (0, 1)}
+    assert snr.choose_axes({"fan_in": 1.0, "fan_out": 0.5, "both": 0.2}, opts, "snr", 1.0) is None
+    assert snr.choose_axes({"fan_in": 3.0, "fan_out": 5.0, "both": 2.0}, opts, "snr", 1.0) == (0,)
+    assert snr.choose_axes({"fan_in": 0.4, "fan_out": 0.3, "both": 0.9}, opts, "relerr", 1.0) == (0,)
+    assert snr.choose_axes({"fan_in": math.nan}, opts, "snr", 1.0) is None
+
+
+def test_criteria_agree_on_uniform_slices_at_the_threshold():
+    # every slice has SNR s and the same mean: all three criteria pass exactly when s > alpha
+    for s, alpha in ((2.0, 1.0), (0.5, 1.0), (3.0, 4.0)):
+        mean, var = 2.0, 4.0 / s
+        row = {"snr": s, "mean": mean, "variance": var, "relerr": math.sqrt(var / (var + mean**2))}
+        decisions = {c: snr.CRITERIA[c].passes(snr.CRITERIA[c].score(row), alpha) for c in snr.CRITERIA}
+        assert set(decisions.values()) == {s > alpha}, (s, alpha, decisions)
+
+
+def test_axis_options_for_linear_conv_and_never_compressed():
+    assert snr.axis_options((10, 5), "mlp_in") == {"fan_in": (1,), "fan_out": (0,), "both": (0, 1)}
+    assert snr.axis_options((8, 3, 3, 3), "conv_in") == {"fan_in": (1, 2, 3), "fan_out": (0,), "both": (0, 1, 2, 3)}
+    assert snr.axis_options((10, 5), "norm") == {}
+    assert snr.axis_options((10,), "mlp_in") == {}
+    assert snr.axis_options((5, 7), "bias") == {}
+    assert snr.axis_options((1, 16, 8), "pos_embedding") == {"fan_in": (1, 2), "both": (0, 1, 2)}  # dim 0 is 1
+
+
+def test_bad_values_name_the_accepted_ones():
+    with pytest.raises(ValueError, match="known: snr, variance, relerr"):
+        snr.get_criterion("entropy")
+    with pytest.raises(ValueError, match="alpha"):
+        snr.choose_axes({}, {}, "snr", alpha=0)
+    with pytest.raises(ValueError, match="axes"):
+        snr.snr_along(torch.ones(2, 2), (2,))
+
+
+def test_memory_saving_counts_entries():
+    params = [snr.ParamInfo("w", (10, 4), "mlp_in"), snr.ParamInfo("b", (10,), "bias"),
+              snr.ParamInfo("c", (6, 2, 3, 3), "conv")]
+    saving = snr.memory_saving(params, {"w": [1], "b": None, "c": [1, 2, 3]})
+    assert saving["v_entries_full"] == 40 + 10 + 108
+    assert saving["v_entries_kept"] == 10 + 10 + 6
+    assert saving["state_saved_share"] == pytest.approx(saving["v_saved_share"] / 2)
+
+
+def _fake_trace() -> snr.ProxyTrace:
+    params = [snr.ParamInfo("a.weight", (4, 3), "mlp_in"), snr.ParamInfo("a.bias", (4,), "bias"),
+              snr.ParamInfo("n.weight", (4, 3), "norm")]
+    rows = []
+    for step, (fi, fo) in ((1, (5.0, 0.5)), (10, (1.5, 0.9))):
+        for opt, value in (("fan_in", fi), ("fan_out", fo), ("both", 0.1)):
+            rows.append({"step": step, "parameter": "a.weight", "option": opt, "snr": value, "mean": 1.0,
+                         "variance": 1.0 / value, "relerr": math.sqrt(1 / (1 + value))})
+    return snr.ProxyTrace("t", "smoke", 1e-4, 10, 10, 0, params, rows)
+
+
+def test_derive_rules_averages_over_steps_and_never_compresses_norms():
+    trace = _fake_trace()
+    assert snr.derive_rules(trace, "snr", 1.0) == {"a.weight": [1], "a.bias": None, "n.weight": None}
+    assert snr.derive_rules(trace, "snr", 3.5) == {"a.weight": None, "a.bias": None, "n.weight": None}  # mean 3.25
+    summary = snr.role_summary(trace, snr.derive_rules(trace))
+    assert {r["role"]: r["modal"] for r in summary} == {"bias": "none", "mlp_in": "fan_in", "norm": "none"}
+
+
+def test_cli_snr_smoke_writes_three_outputs(tmp_path):
+    assert main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "12", "--every", "5",
+                 "--out", str(tmp_path), "--rules-out", str(tmp_path / "rules" / "digits-mlp.json")]) == 0
+    rules = json.loads((tmp_path / "rules.json").read_text())
+    assert rules["_task"] == "digits-mlp" and rules["_criterion"] == "snr" and rules["_alpha"] == 1.0
+    assert rules["_command"].startswith("optbench snr --task digits-mlp --preset smoke")
+    assert rules["1.bias"] is None and rules["3.bias"] is None
+    assert all(v is None or set(v) <= {0, 1} for k, v in rules.items() if not k.startswith("_"))
+    assert json.loads((tmp_path / "rules" / "digits-mlp.json").read_text()) == rules
+    trace = snr.read_trace_rows(tmp_path / "trace.csv")
+    assert {r["step"] for r in trace} == {1, 5, 10, 12}
+    assert {r["option"] for r in trace} == {"fan_in", "fan_out", "both"}
+    assert "## Memory" in (tmp_path / "summary.md").read_text()
+
+
+def test_cli_snr_rejects_bad_criterion_and_preset(tmp_path, capsys):
+    assert main(["snr", "--task", "digits-mlp", "--preset", "huge", "--out", str(tmp_path)]) == 2
+    assert "known: smoke, cpu, gpu" in capsys.readouterr().err
