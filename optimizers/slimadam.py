@@ -1,0 +1,402 @@
+"""SlimAdamW: Adam with its second moment averaged along high-SNR axes.
+
+Kalra, Kirchenbauer, Barkeshli, Goldstein, "When Can You Get Away with Low Memory Adam?"
+(2025; reference code github.com/dayal-kalra/low-memory-adam). For a tensor with
+compression axes K (a tuple of dims, or ``None``)::
+
+    m = b1*m + (1-b1)*g                              (full size)
+    v = b2*v + (1-b2)*mean(g*g, dim=K, keepdim=True) (keepdim, broadcasts against m)
+    p = p*(1 - lr*wd)                                (decoupled, tensors with >= 2 dims only)
+    p = p - lr * m_hat / (sqrt(v_hat) + eps)         (both moments bias-corrected)
+
+With ``K = None`` everywhere this is AdamW (on >= 2-d tensors for the decay).
+
+Axes come from one of:
+- static rules by layer role (the paper's Table 1; see ``ROLE_AXES``), built by
+  ``static_rules(info, shapes)`` from the roles a task declares;
+- a rules JSON ``{full parameter name: [axes] | null}`` (``rules=`` path or dict; keys
+  starting with ``_`` are metadata); ``slimadam-snr`` reads ``optimizers/rules/<task>.json``
+  written by ``optbench snr --task <task>``.
+
+Defaults follow optbench's adamw (betas (0.9, 0.999), eps 1e-8, wd 0.01), not the paper's
+GPT-2 recipe (betas (0.9, 0.95), eps 1e-8, wd 0.1, clip 1.0), so that ratios against the
+baseline compare optimizers, not recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from optbench.model_info import ModelInfo, get_model_info
+from optbench.registry import register_optimizer
+from optbench.spec import OptimizerSpec, Requirements
+from optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative
+
+Axes = tuple[int, ...] | None
+RULES_DIR = Path(__file__).parent / "rules"
+COMPILE_PREFIX = "_orig_mod."
+
+# Which axes the paper's Table 1 averages for each optbench role. "fan_in" = every dim but 0
+# (dim 1 of an (out, in) weight; in-channel and kernel dims of a conv), "fan_out" = dim 0,
+# "feature" = the last dim (one value per token / position of an embedding), None = keep full.
+ROLE_AXES: dict[str, str | None] = {
+    "query": "fan_in",  # Table 1: query, key -> fan-in
+    "key": "fan_in",
+    "qkv": "fan_in",  # fused q/k/v: two of three row blocks are q/k, so the q/k rule (a choice)
+    "value": "fan_out",  # Table 1: value, attention output -> fan-out
+    "attn_out": "fan_out",
+    "mlp_in": "fan_out",  # Table 1: MLP up/gate/down -> fan-out
+    "mlp_out": "fan_out",
+    "embedding": "feature",  # Table 1: token embedding (vocab, d) -> one value per token
+    "pos_embedding": "feature",  # Table 1: position embedding -> one value per position
+    "head": "fan_in",  # Table 1: LM head -> fan-in
+    "classifier": "fan_in",  # Table 1: classification layer -> fan-in
+    "conv_in": "fan_in",  # Table 1: vision first layer -> fan-in
+    "conv": "fan_in",  # not in Table 1: treated like the vision first layer (a choice)
+    "linear": "fan_out",  # not in Table 1: a generic hidden linear, treated like an MLP layer (a choice)
+    "recurrent": None,  # not in Table 1: kept full rather than guessed
+    "norm": None,  # Table 1: norms are never compressed
+    "bias": None,
+    "other": None,
+}
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without torch.compile's ``_orig_mod.`` segments."""
+    return name.replace(COMPILE_PREFIX, "")
+
+
+def _kind_to_axes(kind: str | None, ndim: int) -> Axes:
+    if kind is None or ndim < 2:
+        return None
+    if kind == "fan_out":
+        return (0,)
+    if kind == "fan_in":
+        return tuple(range(1, ndim))
+    if kind == "feature":
+        return (ndim - 1,)
+    raise ValueError(f"unknown axis kind {kind!r}; known: fan_in, fan_out, feature")
+
+
+def static_rules(info: ModelInfo, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Axes]:
+    """Compression axes per parameter from its declared role (the paper's Table 1, ``ROLE_AXES``).
+
+    ``shapes`` gives each parameter's shape; without it every weight is taken as 2-D
+    (out, in). Tensors with fewer than 2 dims are never compressed.
+    """
+    rules: dict[str, Axes] = {}
+    for name, role in info.roles.items():
+        ndim = len(shapes[name]) if shapes is not None and name in shapes else 2
+        rules[name] = _kind_to_axes(ROLE_AXES[role], ndim)
+    return rules
+
+
+def load_rules(rules: str | Path | Mapping[str, Any]) -> dict[str, Axes]:
+    """Rules from a JSON path or a dict: ``{name: [axes] | null}``; ``_``-prefixed keys are metadata."""
+    if isinstance(rules, (str, Path)):
+        path = Path(rules)
+        if not path.is_file():
+            raise ValueError(f"rules file {str(path)!r} does not exist")
+        rules = json.loads(path.read_text())
+    if not isinstance(rules, Mapping):
+        raise ValueError(f"rules must be a path or a dict {{name: [axes] | null}}, got {type(rules).__name__}")
+    out: dict[str, Axes] = {}
+    for name, axes in rules.items():
+        if name.startswith("_"):
+            continue
+        if axes is not None and (not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) for a in axes)):
+            raise ValueError(f"rule for {name!r} must be a list of ints or null, got {axes!r}")
+        out[canonical_name(name)] = None if axes is None or len(axes) == 0 else tuple(axes)
+    return out
+
+
+def compression_axes(model: nn.Module, rules: str | Path | Mapping[str, Any]) -> dict[str, Axes]:
+    """Axes per trainable parameter (canonical names) from ``rules``; unnamed parameters stay full.
+
+    Rules naming parameters the model does not have are an error that lists them: a
+    wrapped or renamed model must not silently compress nothing.
+    """
+    table = load_rules(rules)
+    named = {canonical_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+    unknown = sorted(set(table) - set(named))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        raise ValueError(
+            f"compression rules name parameters the model does not have: {shown}; "
+            f"model parameters look like: {', '.join(list(named)[:5])}"
+        )
+    result: dict[str, Axes] = {}
+    for name, param in named.items():
+        axes = table.get(name)
+        if axes is not None:
+            norm = tuple(sorted({a % param.ndim if -param.ndim <= a < param.ndim else a for a in axes}))
+            if param.ndim == 0 or any(not 0 <= a < param.ndim for a in norm):
+                raise ValueError(f"rule {list(axes)} for {name!r} is out of range for shape {tuple(param.shape)}")
+            axes = norm
+        result[name] = axes
+    return result
+
+
+def compressed_shape(shape: Sequence[int], axes: Axes) -> tuple[int, ...]:
+    """The keepdim shape of the second moment: every axis in ``axes`` becomes 1."""
+    return tuple(1 if axes is not None and d in axes else s for d, s in enumerate(shape))
+
+
+def mean_square(grad: torch.Tensor, axes: Axes) -> torch.Tensor:
+    """``g*g`` averaged over ``axes`` (keepdim); the full square when ``axes`` is None."""
+    sq = grad * grad
+    return sq if axes is None else sq.mean(dim=axes, keepdim=True)
+
+
+class SlimAdamW(torch.optim.Optimizer):
+    """SlimAdamW over ``params`` with one compression-axes entry per parameter.
+
+    ``axes`` is a list aligned with ``params`` (``None`` = full second moment). It is stored in
+    the param group (``compress_axes``), so it travels with ``state_dict``.
+    ``compile=True`` runs the step math through ``torch.compile`` (first call compiles; on
+    failure it warns and stays eager). Compiling happens inside the first step, which the
+    runner's warm-up steps exclude from timing.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        axes: Sequence[Axes],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        compile: bool = False,
+    ) -> None:
+        check_lr(lr)
+        check_betas(betas)
+        check_nonnegative(eps=eps, weight_decay=weight_decay)
+        params = list(params)
+        axes = [None if a is None else tuple(a) for a in axes]
+        if len(axes) != len(params):
+            raise ValueError(f"axes has {len(axes)} entries for {len(params)} parameters")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__([{"params": params, "compress_axes": axes}], defaults)
+        self._compiled: Callable | None = None
+        self._use_compile = bool(compile)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        params, grads, ms, vs, axes, steps = [], [], [], [], [], []
+        for p, ax in zip(group["params"], group["compress_axes"], strict=True):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ValueError("SlimAdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros(compressed_shape(p.shape, ax), dtype=p.dtype, device=p.device)
+            params.append(p)
+            grads.append(p.grad)
+            ms.append(state["exp_avg"])
+            vs.append(state["exp_avg_sq"])
+            axes.append(ax)
+            steps.append(state["step"])
+        if not params:
+            return
+        torch._foreach_add_(steps, 1.0)
+        counts = [s.item() for s in steps]
+        bc1 = [1 - beta1**t for t in counts]
+        bc2_sqrt = [math.sqrt(1 - beta2**t) for t in counts]
+        decay = [p.ndim >= 2 and wd != 0 for p in params]
+        if self._use_compile:
+            fn = self._compiled_math()
+            scalars = torch.tensor([bc1, bc2_sqrt], dtype=torch.float32, device=params[0].device)
+            try:
+                fn(params, grads, ms, vs, tuple(axes), tuple(decay), beta1, beta2, lr, eps, wd, scalars)
+                return
+            except Exception as exc:  # compile failures (raised while tracing, before any update) fall back
+                warnings.warn(f"SlimAdamW: torch.compile step failed ({exc!r}); continuing eagerly", stacklevel=2)
+                self._use_compile = False
+        slim_adam_foreach(params, grads, ms, vs, axes, decay, beta1, beta2, lr, eps, wd, bc1, bc2_sqrt)
+
+    def _compiled_math(self) -> Callable:
+        if self._compiled is None:
+            self._compiled = torch.compile(slim_adam_loop, dynamic=False)
+        return self._compiled
+
+
+def slim_adam_foreach(params, grads, ms, vs, axes, decay, beta1, beta2, lr, eps, wd, bc1, bc2_sqrt) -> None:
+    """The eager step: multi-tensor ops on the first moment and grouped work on the rest."""
+    torch._foreach_lerp_(ms, grads, 1 - beta1)
+    full = [i for i, a in enumerate(axes) if a is None]
+    slim = [i for i, a in enumerate(axes) if a is not None]
+    if full:
+        v_full = [vs[i] for i in full]
+        g_full = [grads[i] for i in full]
+        torch._foreach_mul_(v_full, beta2)
+        torch._foreach_addcmul_(v_full, g_full, g_full, 1 - beta2)
+    if slim:
+        v_slim = [vs[i] for i in slim]
+        torch._foreach_mul_(v_slim, beta2)
+        torch._foreach_add_(v_slim, [mean_square(grads[i], axes[i]) for i in slim], alpha=1 - beta2)
+    decayed = [p for p, d in zip(params, decay, strict=True) if d]
+    if decayed:
+        torch._foreach_mul_(decayed, 1 - lr * wd)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    step_size = [-lr / b for b in bc1]
+    if full:
+        torch._foreach_addcdiv_([params[i] for i in full], [ms[i] for i in full], [denom[i] for i in full],
+                                [step_size[i] for i in full])
+    for i in slim:  # the denominator broadcasts: one small tensor per parameter
+        params[i].addcdiv_(ms[i], denom[i], value=step_size[i])
+
+
+def slim_adam_loop(params, grads, ms, vs, axes, decay, beta1, beta2, lr, eps, wd, scalars) -> None:
+    """The same math written per tensor, for ``torch.compile`` to fuse. ``scalars`` = [bc1; sqrt(bc2)]."""
+    for i, (p, g, m, v) in enumerate(zip(params, grads, ms, vs, strict=True)):
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).add_(mean_square(g, axes[i]), alpha=1 - beta2)
+        if decay[i]:
+            p.mul_(1 - lr * wd)
+        denom = (v.sqrt() / scalars[1, i]).add_(eps)
+        p.sub_((m / denom) * (lr / scalars[0, i]))
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def _trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(canonical_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _static_axes(model: nn.Module) -> dict[str, Axes]:
+    info = get_model_info(model)
+    named = _trainable_named(model)
+    shapes = {n: tuple(p.shape) for n, p in named}
+    roles = {canonical_name(n): r for n, r in info.roles.items()}
+    info_c = ModelInfo(roles=roles, d_model=info.d_model, n_heads=info.n_heads, task=info.task)
+    return compression_axes(model, static_rules(info_c, shapes))
+
+
+def _resolve_axes(model: nn.Module, rules: str | Path | Mapping | None) -> dict[str, Axes]:
+    return _static_axes(model) if rules is None else compression_axes(model, rules)
+
+
+def _build(model: nn.Module, lr: float, axes: dict[str, Axes], betas, eps, weight_decay, compile) -> SlimAdamW:
+    named = _trainable_named(model)
+    return SlimAdamW([p for _, p in named], [axes[n] for n, _ in named], lr=lr, betas=tuple(betas), eps=eps,
+                     weight_decay=weight_decay, compile=compile)
+
+
+def _check_hparams(lr: float, betas, eps: float, weight_decay: float) -> None:
+    check_lr(lr)
+    if len(tuple(betas)) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    check_betas(betas)
+    check_nonnegative(eps=eps, weight_decay=weight_decay)
+
+
+def build_slimadam(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                   rules: str | Path | Mapping | None = None, compile: bool = False) -> SlimAdamW:
+    """SlimAdamW with static role rules (``rules=None``) or a rules JSON path/dict."""
+    _check_hparams(lr, betas, eps, weight_decay)
+    return _build(model, lr, _resolve_axes(model, rules), betas, eps, weight_decay, compile)
+
+
+def _v_bytes(model: nn.Module, axes: dict[str, Axes]) -> int:
+    total = 0
+    for name, p in _trainable_named(model):
+        total += p.numel() * p.element_size()  # exp_avg
+        total += math.prod(compressed_shape(p.shape, axes[name])) * p.element_size()  # exp_avg_sq
+        total += STEP_BYTES
+    return total
+
+
+def slimadam_state_bytes(model: nn.Module, rules: str | Path | Mapping | None = None, **_: object) -> int:
+    return _v_bytes(model, _resolve_axes(model, rules))
+
+
+def snr_rules_path(task: str) -> Path:
+    return RULES_DIR / f"{task}.json"
+
+
+def _task_rules(model: nn.Module) -> Path:
+    task = get_model_info(model).task
+    if task is None:
+        raise ValueError("slimadam-snr needs the model's task (ModelInfo.task) to find its rules file; it is None")
+    path = snr_rules_path(task)
+    if not path.is_file():
+        raise ValueError(
+            f"no SNR rules for task {task!r} (expected {path}); make them with `optbench snr --task {task}`"
+        )
+    return path
+
+
+def build_slimadam_snr(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                       compile: bool = False) -> SlimAdamW:
+    """SlimAdamW with the SNR-derived rules committed for the model's task."""
+    _check_hparams(lr, betas, eps, weight_decay)
+    return _build(model, lr, compression_axes(model, _task_rules(model)), betas, eps, weight_decay, compile)
+
+
+def slimadam_snr_state_bytes(model: nn.Module, **_: object) -> int:
+    return _v_bytes(model, compression_axes(model, _task_rules(model)))
+
+
+def snr_rules_available() -> str | None:
+    """Requirements check: a reason when no task has SNR rules committed."""
+    if not any(RULES_DIR.glob("*.json")):
+        return "no SNR rules committed yet; make them with `optbench snr --task T`"
+    return None
+
+
+PAPER = "Kalra, Kirchenbauer, Barkeshli & Goldstein, When Can You Get Away with Low Memory Adam? (2025), Table 1"
+DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "compile": False}
+
+register_optimizer(
+    OptimizerSpec(
+        name="slimadam",
+        family="compressed-second-moment",
+        paper=PAPER,
+        build=build_slimadam,
+        state_bytes=slimadam_state_bytes,
+        defaults={**DEFAULTS, "rules": None},
+        default_lr=1e-3,
+        needs_model_info=True,
+        description="SlimAdamW, second moment averaged along axes chosen by layer role (Table 1)",
+    )
+)
+
+register_optimizer(
+    OptimizerSpec(
+        name="slimadam-snr",
+        family="compressed-second-moment",
+        paper=PAPER + ", SNR rules",
+        build=build_slimadam_snr,
+        state_bytes=slimadam_snr_state_bytes,
+        defaults=dict(DEFAULTS),
+        default_lr=1e-3,
+        requires=Requirements(check=snr_rules_available),
+        needs_model_info=True,
+        description="SlimAdamW with per-task rules from `optbench snr` (optimizers/rules/<task>.json)",
+    )
+)
