@@ -291,7 +291,7 @@ def make_cells(tasks: Iterable[str], optimizers: Iterable[str], seeds: Iterable[
 
 @dataclass
 class GridOutcome:
-    records: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # in the order of the cells given
     ran: int = 0
     reused: int = 0
     failed: list[str] = field(default_factory=list)
@@ -310,8 +310,9 @@ def run_grid(cells: Sequence[Cell], *, preset: str, runs_dir: str | Path, device
     registry.check_preset(preset)
     device = device or default_device(preset)
     outcome = GridOutcome()
-    todo: list[tuple[Cell, Path]] = []
-    for cell in cells:
+    in_order: list[dict | None] = [None] * len(cells)
+    todo: list[tuple[int, Cell, Path]] = []
+    for index, cell in enumerate(cells):
         path = cell_key(cell, preset, torch.device(device).type).path(runs_dir)
         if path.exists():
             try:
@@ -322,19 +323,19 @@ def run_grid(cells: Sequence[Cell], *, preset: str, runs_dir: str | Path, device
                 path.replace(path.with_suffix(".json.corrupt"))
             else:
                 if record["status"] != "error" or not rerun_failed:
-                    outcome.records.append(record)
+                    in_order[index] = record
                     outcome.reused += 1
                     continue
-        todo.append((cell, path))
+        todo.append((index, cell, path))
     bar = _progress(len(todo), progress)
     try:
-        for cell, path in todo:
+        for index, cell, path in todo:
             bar.set_postfix_str(cell.label, refresh=True)
             record = run_one(cell.task, cell.optimizer, hparams=cell.hparams, seed=cell.seed, preset=preset,
                              device=device, task_options=cell.task_options,
                              measure_memory_pass=measure_memory_pass)
             write_record(record, path)
-            outcome.records.append(record)
+            in_order[index] = record
             outcome.ran += 1
             if record["status"] != "ok":
                 detail = record["error"] or f"diverged at step {record['diverged_at_step']}"
@@ -343,6 +344,7 @@ def run_grid(cells: Sequence[Cell], *, preset: str, runs_dir: str | Path, device
             bar.update(1)
     finally:
         bar.close()
+        outcome.records = [r for r in in_order if r is not None]
     return outcome
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from typing import Any
 
 from optbench import registry
@@ -70,3 +72,9 @@ def expand_tasks(names: list[str] | None, preset: str) -> list[str]:
     for name in names:
         registry.get_task(name)
     return names
+
+
+def command_line(verb: str) -> str:
+    """The command as the user typed it, from the verb on (for the headers of written tables)."""
+    argv = sys.argv[sys.argv.index(verb):] if verb in sys.argv else [verb]
+    return "optbench " + shlex.join(argv)

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated optimizer names, or 'all' (default: every available optimizer)")
     parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default: 0)")
     parser.add_argument("--preset", default="cpu", help="smoke | cpu | gpu (default: cpu)")
-    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where run records go (default: {DEFAULT_RUNS_DIR})")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                        help=f"where run records go (default: {DEFAULT_RUNS_DIR})")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for the gpu preset when present)")
     parser.add_argument("--hparam", action="append", metavar="KEY=VALUE",
                         help="hyperparameter for every optimizer of the grid, e.g. lr=3e-4 (repeatable)")

@@ -1,0 +1,102 @@
+"""Learning-rate sweeps: run each optimizer at several learning rates and keep the best.
+
+The winner per (preset, task, optimizer) goes into ``tasks/tuned_lrs.json``, which every run
+reads (``optbench.lrs``), and the whole table into ``results/sweeps/<preset>-<task>.md``.
+A diverged or errored run ranks below every finished one. Ties keep the smaller lr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from optbench import registry
+from optbench.lrs import TUNED_LRS_PATH, _load, resolve_lr
+from optbench.runner import make_cells, run_grid
+
+
+def candidate_lrs(task: str, optimizer: str, preset: str, lrs: Sequence[float] | None,
+                  factors: Sequence[float] | None) -> list[float]:
+    """Absolute ``lrs``, or ``factors`` times the lr a run would use today (task default or previous sweep)."""
+    if lrs:
+        return sorted(float(x) for x in lrs)
+    if not factors:
+        raise ValueError("give --lrs or --lr-factors")
+    base, _ = resolve_lr(registry.get_task(task), registry.get_optimizer(optimizer), preset)
+    return sorted(float(f"{base * f:.3g}") for f in factors)
+
+
+def score(records: Sequence[Mapping[str, Any]], higher_is_better: bool) -> float:
+    """Mean final metric over seeds, oriented so larger is better; -inf if any seed failed."""
+    values = [r["metrics"]["final_metric"] for r in records]
+    if any(r["status"] != "ok" or v is None or not math.isfinite(v) for r, v in zip(records, values)):
+        return -math.inf
+    mean = statistics.fmean(values)
+    return mean if higher_is_better else -mean
+
+
+def sweep(task: str, optimizers: Sequence[str], *, preset: str, seeds: Sequence[int], runs_dir: str | Path,
+          lrs: Sequence[float] | None = None, factors: Sequence[float] | None = None, progress: bool = True,
+          device: str | None = None) -> dict[str, dict]:
+    """Run the sweep; return {optimizer: {"best_lr", "results": [(lr, mean, std, statuses)]}}."""
+    spec = registry.get_task(task)
+    cells = [cell for name in optimizers for lr in candidate_lrs(task, name, preset, lrs, factors)
+             for cell in make_cells([task], [name], seeds, {"lr": lr})]
+    outcome = run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, progress=progress,
+                       measure_memory_pass=False)
+    by_cell: dict[tuple[str, float], list[dict]] = {}
+    for cell, record in zip(cells, outcome.records, strict=True):
+        by_cell.setdefault((cell.optimizer, cell.hparams["lr"]), []).append(record)
+    results: dict[str, dict] = {}
+    for (name, lr), records in sorted(by_cell.items()):
+        values = [r["metrics"]["final_metric"] for r in records if r["status"] == "ok"]
+        entry = results.setdefault(name, {"results": []})
+        entry["results"].append({
+            "lr": lr, "score": score(records, spec.metric.higher_is_better),
+            "mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "statuses": sorted({r["status"] for r in records}),
+        })
+    for entry in results.values():
+        best = max(entry["results"], key=lambda row: (row["score"], -row["lr"]))
+        entry["best_lr"] = best["lr"] if math.isfinite(best["score"]) else None
+    return results
+
+
+def update_table(results: Mapping[str, dict], task: str, preset: str, path: Path = TUNED_LRS_PATH) -> None:
+    table = json.loads(path.read_text()) if path.exists() else {}
+    row = table.setdefault(preset, {}).setdefault(task, {})
+    for name, entry in results.items():
+        if entry["best_lr"] is not None:
+            row[name] = entry["best_lr"]
+    table[preset] = {t: dict(sorted(v.items())) for t, v in sorted(table[preset].items())}
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    _load.cache_clear()
+
+
+def write_markdown(results: Mapping[str, dict], task: str, preset: str, seeds: Sequence[int], command: str,
+                   out_dir: Path) -> Path:
+    spec = registry.get_task(task)
+    rows = []
+    for name, entry in sorted(results.items()):
+        for row in entry["results"]:
+            mean = "—" if row["mean"] is None else f"{row['mean']:.4f}" + (
+                "" if row["std"] is None else f" ± {row['std']:.4f}")
+            rows.append([name, f"{row['lr']:.3g}", mean, ",".join(row["statuses"]),
+                         "**best**" if row["lr"] == entry["best_lr"] else ""])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{preset}-{task}.md"
+    direction = "higher" if spec.metric.higher_is_better else "lower"
+    path.write_text(
+        f"# Learning-rate sweep: {task} ({preset} preset)\n\n"
+        f"Made by `{command}`; seeds {','.join(map(str, seeds))}; metric {spec.metric.name} ({direction} is better),"
+        f" mean ± std over seeds. The best lr per optimizer is stored in `tasks/tuned_lrs.json`.\n\n"
+        + tabulate(rows, headers=["optimizer", "lr", spec.metric.name, "status", ""], tablefmt="github") + "\n"
+    )
+    return path

@@ -1,0 +1,26 @@
+import json
+import math
+
+from optbench import lrs, registry
+from optbench.cli import main
+from optbench.sweep import score
+
+
+def test_score_ranks_failures_last_and_orients_by_direction():
+    ok = {"status": "ok", "metrics": {"final_metric": 0.5}}
+    bad = {"status": "diverged", "metrics": {"final_metric": None}}
+    assert score([ok, ok], higher_is_better=True) == 0.5
+    assert score([ok], higher_is_better=False) == -0.5
+    assert score([ok, bad], higher_is_better=True) == -math.inf
+
+
+def test_sweep_writes_table_that_runs_then_use(tmp_path, capsys):
+    table = tmp_path / "tuned.json"
+    code = main(["sweep", "--task", "digits-mlp", "--optimizers", "sgd", "--lrs", "1e6,0.05", "--preset", "smoke",
+                 "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path), "--table", str(table), "--no-progress"])
+    assert code == 0
+    assert json.loads(table.read_text()) == {"smoke": {"digits-mlp": {"sgd": 0.05}}}  # lr 1e6 diverges
+    md = (tmp_path / "smoke-digits-mlp.md").read_text()
+    assert "optbench sweep" in md and "diverged" in md
+    lr, source = lrs.resolve_lr(registry.get_task("digits-mlp"), registry.get_optimizer("sgd"), "smoke", path=table)
+    assert (lr, source) == (0.05, "sweep")
