@@ -2,7 +2,7 @@
 
 import importlib
 
-MODULES = ("adamw", "adam", "sgd")
+MODULES = ("adamw", "adam", "sgd", "adafactor", "adam8bit", "galore", "adam_mini", "lion", "apollo", "apollo_mini", "slimadam", "smmf", "microadam")
 
 for _name in MODULES:
     importlib.import_module(f"{__name__}.{_name}")

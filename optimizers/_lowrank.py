@@ -1,0 +1,78 @@
+"""Shared pieces of the low-rank gradient-projection optimizers (GaLore, APOLLO).
+
+Both project only the 2-D weights of attention and MLP linears, chosen by the role the task
+declares for each parameter (never by module name); every other tensor (embeddings, heads,
+norms, biases, convs) is trained by plain AdamW in a second parameter group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from optbench.model_info import get_model_info
+from optbench.state import iter_tensors
+
+PROJECTED_ROLES = frozenset({"query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out"})
+
+
+def split_projected(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(projected, plain): 2-D weights whose declared role is an attention/MLP linear, and the rest."""
+    info = get_model_info(model)
+    projected: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (projected if p.ndim == 2 and info.role(name) in PROJECTED_ROLES else plain).append(p)
+    return projected, plain
+
+
+def param_groups(projected: list[nn.Parameter], plain: list[nn.Parameter], **projection: object) -> list[dict]:
+    """A plain group and a projected group carrying the projection keys; empty groups are left out."""
+    groups: list[dict] = []
+    if plain:
+        groups.append({"params": plain})
+    if projected:
+        groups.append({"params": projected, **projection})
+    if not groups:
+        raise ValueError("model has no trainable parameters")
+    return groups
+
+
+def projector_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The projection matrices the packages keep inside a Python object in ``state['projector']``.
+
+    ``optbench.state`` only walks dicts, lists and tuples, so these would go uncounted without
+    this hook. Note: GaLore's SVD projector keeps a *slice* of U or Vh; the slice is counted by its
+    own numel (the analytic formula), although the tensor still pins the full SVD factor's storage.
+    """
+    tensors: list[torch.Tensor] = []
+    for state in optimizer.state.values():
+        projector = state.get("projector") if isinstance(state, dict) else None
+        if projector is not None and projector.ortho_matrix is not None:
+            tensors.extend(iter_tensors(projector.ortho_matrix))
+    return tensors
+
+
+def projected_state_elements(shape: Iterable[int], rank: int, proj_type: str, clip_rank: bool) -> int:
+    """Elements of projection matrix + two low-rank moments for one (m, n) weight.
+
+    ``clip_rank``: an SVD projector can hold at most min(m, n) directions (GaLore); a random
+    projector keeps the requested rank even when it exceeds the weight's sides (APOLLO).
+    """
+    m, n = shape
+    r = min(rank, m, n) if clip_rank else rank
+    if proj_type == "std":  # project the longer side away: P on the shorter side
+        return r * (min(m, n) + 2 * max(m, n))
+    if proj_type == "reverse_std":
+        return r * (max(m, n) + 2 * min(m, n))
+    if proj_type == "right":  # P (r, n), moments (m, r)
+        return r * (n + 2 * m)
+    if proj_type == "left":  # P (m, r), moments (r, n)
+        return r * (m + 2 * n)
+    if proj_type == "full":  # P_left (m, r), P_right (r, n), moments (r, r)
+        return r * (m + n) + 2 * r * r
+    raise ValueError(f"proj_type must be one of std, reverse_std, right, left, full; got {proj_type!r}")

@@ -1,0 +1,161 @@
+"""Adam-mini (Zhang et al., "Adam-mini: Use Fewer Learning Rates To Gain More", ICLR 2025,
+arXiv 2406.16793), through the ``adam-mini`` package (``from adam_mini import Adam_mini``).
+
+Adam-mini keeps Adam's full first moment but one second-moment scalar per block: per head for
+query/key, per output row for embeddings, output heads, values, attention outputs and MLPs,
+one per tensor for everything else; biases get plain Adam. The package picks the block by
+substrings of the parameter name, so it is handed names built from the roles the task
+declares (``optbench.model_info``), never the model's own module names. After construction
+the package's own routing of those names is checked against the roles, so a package change
+that silently degrades the partition raises instead of running a different algorithm.
+
+Role -> block: query/key -> per head; qkv (fused) -> per head over all 3 projections (values
+then get per-head, not per-row, scalars); value, attn_out, mlp_in, mlp_out, linear,
+embedding, head, classifier -> per row (2-D only); bias -> Adam; everything else (norms,
+position embeddings, convs, recurrent weights) -> one scalar, as the package does for GPT-2's
+``wpe`` and for unknown names.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+from optbench.model_info import ModelInfo, get_model_info
+from optbench.registry import register_optimizer
+from optbench.spec import OptimizerSpec, Requirements
+from optimizers._common import check_betas, check_lr, check_nonnegative
+
+# A name stem the package routes to the wanted block (see adam_mini/adam_mini.py: Adam_mini.__init__).
+HEAD_STEMS = {"query": "q_proj", "key": "k_proj", "qkv": "q_proj"}
+ROW_STEMS = {"value": "v_proj", "attn_out": "o_proj", "mlp_in": "mlp", "mlp_out": "mlp", "linear": "mlp",
+             "embedding": "embd", "head": "lm_head", "classifier": "output"}
+
+
+def block_kind(role: str, ndim: int) -> str:
+    """Which Adam-mini block a parameter of ``role`` and ``ndim`` dims belongs to."""
+    if role == "bias":
+        return "adam"
+    if ndim == 2 and role in HEAD_STEMS:
+        return "head"
+    if ndim == 2 and role in ROW_STEMS:
+        return "row"
+    return "tensor"
+
+
+def block_name(role: str, ndim: int, index: int) -> str:
+    """A name the package routes to ``block_kind(role, ndim)``; `norm` also exempts norms from decay."""
+    kind = block_kind(role, ndim)
+    stem = {"adam": "bias", "head": HEAD_STEMS.get(role), "row": ROW_STEMS.get(role)}.get(kind)
+    if stem is None:
+        stem = "norm" if role == "norm" else "block"
+    return f"{stem}.{index}"
+
+
+def package_block(optimizer, name: str) -> str:
+    """The block the installed package routes ``name`` to, in the order of its ``step``."""
+    if any(s in name for s in optimizer.adam_block_names):
+        return "adam"
+    if any(s in name for s in optimizer.wqk_names):
+        return "head"
+    row_sets = (optimizer.embd_names, optimizer.output_names, optimizer.wv_names, optimizer.mlp_names,
+                optimizer.attn_proj_names)
+    if any(s in name for names in row_sets for s in names):
+        return "row"
+    return "tensor"
+
+
+def _named(model: nn.Module) -> list[tuple[str, str, nn.Parameter]]:
+    info = get_model_info(model)
+    out = []
+    for index, (name, p) in enumerate(model.named_parameters()):
+        if p.requires_grad:
+            out.append((block_name(info.role(name), p.ndim, index), info.role(name), p))
+    return out
+
+
+def _dims(info: ModelInfo) -> tuple[int, int, int]:
+    if info.d_model is None or info.n_heads is None:
+        raise ValueError(f"adam-mini needs the model's d_model and n_heads; ModelInfo has d_model={info.d_model}, "
+                         f"n_heads={info.n_heads}")
+    n_kv = info.n_kv_heads or info.n_heads
+    if (info.d_model * info.d_model) % info.n_heads or info.n_heads % n_kv:
+        raise ValueError(f"adam-mini needs n_heads to divide d_model**2 and n_kv_heads to divide n_heads; got "
+                         f"d_model={info.d_model}, n_heads={info.n_heads}, n_kv_heads={n_kv}")
+    return info.d_model, info.n_heads, n_kv
+
+
+def head_blocks(p: torch.Tensor, info: ModelInfo) -> int:
+    """Number of per-head blocks the package cuts a query/key weight into (numel / (d_model**2 / n_heads))."""
+    d_model, n_heads, _ = _dims(info)
+    head_numel = d_model * d_model // n_heads
+    if p.numel() % head_numel:
+        raise ValueError(f"adam-mini cannot split a {tuple(p.shape)} query/key weight into heads of "
+                         f"{head_numel} elements (d_model={d_model}, n_heads={n_heads})")
+    return p.numel() // head_numel
+
+
+def check_partition(optimizer, model: nn.Module) -> None:
+    """Raise if the package's routing differs from the role-derived partition or heads are not split."""
+    info = get_model_info(model)
+    _, n_heads, n_kv = _dims(info)
+    expected = Counter(block_kind(role, p.ndim) for _, role, p in _named(model))
+    actual = Counter(package_block(optimizer, g["name"]) for g in optimizer.param_groups)
+    if expected != actual:
+        raise ValueError(f"adam-mini partition degraded: expected blocks {dict(expected)}, package made {dict(actual)}")
+    for _, role, p in _named(model):
+        if block_kind(role, p.ndim) == "head":
+            want = {"query": n_heads, "key": n_kv, "qkv": n_heads + 2 * n_kv}[role]
+            got = head_blocks(p, info)
+            if got != want:
+                raise ValueError(f"adam-mini would split a {role} weight {tuple(p.shape)} into {got} blocks, "
+                                 f"expected {want} heads")
+
+
+def build_adam_mini(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    check_lr(lr)
+    check_betas(betas)
+    check_nonnegative(eps=eps, weight_decay=weight_decay)
+    d_model, n_heads, n_kv = _dims(get_model_info(model))
+    from adam_mini import Adam_mini
+
+    named = [(name, p) for name, _, p in _named(model)]
+    optimizer = Adam_mini(named, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, dim=d_model,
+                          n_heads=n_heads, n_kv_heads=n_kv, verbose=False)
+    # The package sets world_size to the CUDA device count and then all-gathers in its step;
+    # in one process without torch.distributed there is nobody to gather with.
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        optimizer.world_size = 1
+    check_partition(optimizer, model)
+    return optimizer
+
+
+def adam_mini_state_bytes(model: nn.Module, **_: object) -> int:
+    # Full `m` everywhere; `v` full for biases, one scalar per head / row / tensor otherwise.
+    # `step` is a Python int.
+    info = get_model_info(model)
+    total = 0
+    for _, role, p in _named(model):
+        n, isz = p.numel(), p.element_size()
+        kind = block_kind(role, p.ndim)
+        scalars = {"adam": n, "tensor": 1}.get(kind) or (head_blocks(p, info) if kind == "head" else p.shape[0])
+        total += isz * (n + scalars)
+    return total
+
+
+register_optimizer(
+    OptimizerSpec(
+        name="adam-mini",
+        family="block-adam",
+        paper="Zhang et al., ICLR 2025 (arXiv 2406.16793)",
+        build=build_adam_mini,
+        state_bytes=adam_mini_state_bytes,
+        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
+        default_lr=1e-3,
+        requires=Requirements(packages=("adam_mini",)),
+        needs_model_info=True,
+        description="adam-mini package; blocks from declared roles, d_model/n_heads from the task",
+    )
+)

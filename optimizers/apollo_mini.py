@@ -1,0 +1,25 @@
+"""APOLLO-Mini (Zhu et al., MLSys 2025, arXiv 2412.05270): APOLLO with a rank-1 random
+projection and one tensor-wise gradient scale, boosted by sqrt(scale) = sqrt(128) as the paper
+recommends for rank 1. Same package, grouping and state formula as ``apollo``.
+"""
+
+from __future__ import annotations
+
+from optbench.registry import register_optimizer
+from optbench.spec import OptimizerSpec, Requirements
+from optimizers.apollo import DEFAULTS, apollo_state_bytes, build_apollo
+
+register_optimizer(
+    OptimizerSpec(
+        name="apollo-mini",
+        family="low-rank",
+        paper="Zhu et al., MLSys 2025 (arXiv 2412.05270), APOLLO-Mini",
+        build=build_apollo,
+        state_bytes=apollo_state_bytes,
+        defaults={**DEFAULTS, "rank": 1, "scale_type": "tensor", "scale": 128.0},
+        default_lr=1e-3,
+        requires=Requirements(packages=("apollo_torch",)),
+        needs_model_info=True,
+        description="apollo-torch APOLLOAdamW, rank 1, tensor-wise scaling, scale 128",
+    )
+)
