@@ -4,6 +4,7 @@
 (all but ``step``) to the parameter dtype, integer ones included: packed uint8 signs, int16
 indices and bf16 values would come back as float32 (or, worse, int16 indices as bf16, which
 cannot hold them exactly). Optimizers whose state is not in the parameter dtype mix this in.
+It also copies the tensors, where torch would alias those of a live optimizer's state_dict().
 """
 
 from __future__ import annotations
@@ -26,6 +27,6 @@ class KeepStateDtypes:
                 continue
             state = self.state[param]  # type: ignore[attr-defined]
             for key, value in saved.items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    # A copy: the dict may hold another optimizer's live tensors.
+                if isinstance(value, torch.Tensor):
+                    # A copy: the dict may hold another optimizer's live tensors (torch would alias them).
                     state[key] = value.detach().to(device=param.device, copy=True)

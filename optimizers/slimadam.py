@@ -39,6 +39,7 @@ from optbench.model_info import ModelInfo, get_model_info
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 from optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative
+from optimizers._keep_dtypes import KeepStateDtypes
 
 Axes = tuple[int, ...] | None
 RULES_DIR = Path(__file__).parent / "rules"
@@ -110,8 +111,8 @@ def load_rules(rules: str | Path | Mapping[str, Any]) -> dict[str, Axes]:
         raise ValueError(f"rules must be a path or a dict {{name: [axes] | null}}, got {type(rules).__name__}")
     out: dict[str, Axes] = {}
     for name, axes in rules.items():
-        if name.startswith("_"):
-            continue
+        if name.startswith("_") and not name.startswith(COMPILE_PREFIX):
+            continue  # metadata such as "_command", "_alpha"
         if axes is not None and (not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) for a in axes)):
             raise ValueError(f"rule for {name!r} must be a list of ints or null, got {axes!r}")
         out[canonical_name(name)] = None if axes is None or len(axes) == 0 else tuple(axes)
@@ -156,7 +157,7 @@ def mean_square(grad: torch.Tensor, axes: Axes) -> torch.Tensor:
     return sq if axes is None else sq.mean(dim=axes, keepdim=True)
 
 
-class SlimAdamW(torch.optim.Optimizer):
+class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
     """SlimAdamW over ``params`` with one compression-axes entry per parameter.
 
     ``axes`` is a list aligned with ``params`` (``None`` = full second moment). It is stored in
