@@ -11,9 +11,10 @@ that silently degrades the partition raises instead of running a different algor
 
 Role -> block: query/key -> per head; qkv (fused) -> per head over all 3 projections (values
 then get per-head, not per-row, scalars); value, attn_out, mlp_in, mlp_out, linear,
-embedding, head, classifier -> per row (2-D only); bias -> Adam; everything else (norms,
-position embeddings, convs, recurrent weights) -> one scalar, as the package does for GPT-2's
-``wpe`` and for unknown names.
+embedding, head, classifier -> per row (2-D only); biases and norm shifts (a ``norm`` parameter
+whose PyTorch attribute is ``bias``) -> Adam; everything else (norm scales, position
+embeddings, convs, recurrent weights) -> one scalar, as the package does for GPT-2's ``wpe``
+and for unknown names.
 """
 
 from __future__ import annotations
@@ -34,9 +35,14 @@ ROW_STEMS = {"value": "v_proj", "attn_out": "o_proj", "mlp_in": "mlp", "mlp_out"
              "embedding": "embd", "head": "lm_head", "classifier": "output"}
 
 
-def block_kind(role: str, ndim: int) -> str:
-    """Which Adam-mini block a parameter of ``role`` and ``ndim`` dims belongs to."""
-    if role == "bias":
+def block_kind(role: str, ndim: int, attribute: str = "") -> str:
+    """Which Adam-mini block a parameter of ``role``, ``ndim`` dims and module attribute name belongs to.
+
+    A norm's shift (PyTorch's ``LayerNorm.bias``) is a bias to the package, whichever role a task
+    gives it, so a ``norm`` parameter whose attribute is ``bias`` gets plain Adam, as it would under
+    the package's own name matching.
+    """
+    if role == "bias" or (role == "norm" and attribute == "bias"):
         return "adam"
     if ndim == 2 and role in HEAD_STEMS:
         return "head"
@@ -45,9 +51,8 @@ def block_kind(role: str, ndim: int) -> str:
     return "tensor"
 
 
-def block_name(role: str, ndim: int, index: int) -> str:
-    """A name the package routes to ``block_kind(role, ndim)``; `norm` also exempts norms from decay."""
-    kind = block_kind(role, ndim)
+def block_name(kind: str, role: str, index: int) -> str:
+    """A name the package routes to block ``kind``; `norm` also exempts norm scales from decay."""
     stem = {"adam": "bias", "head": HEAD_STEMS.get(role), "row": ROW_STEMS.get(role)}.get(kind)
     if stem is None:
         stem = "norm" if role == "norm" else "block"
@@ -67,12 +72,15 @@ def package_block(optimizer, name: str) -> str:
     return "tensor"
 
 
-def _named(model: nn.Module) -> list[tuple[str, str, nn.Parameter]]:
+def _named(model: nn.Module) -> list[tuple[str, str, str, nn.Parameter]]:
+    """(name for the package, block kind, role, parameter) for every trainable parameter."""
     info = get_model_info(model)
     out = []
     for index, (name, p) in enumerate(model.named_parameters()):
         if p.requires_grad:
-            out.append((block_name(info.role(name), p.ndim, index), info.role(name), p))
+            role = info.role(name)
+            kind = block_kind(role, p.ndim, name.rsplit(".", 1)[-1])
+            out.append((block_name(kind, role, index), kind, role, p))
     return out
 
 
@@ -101,12 +109,12 @@ def check_partition(optimizer, model: nn.Module) -> None:
     """Raise if the package's routing differs from the role-derived partition or heads are not split."""
     info = get_model_info(model)
     _, n_heads, n_kv = _dims(info)
-    expected = Counter(block_kind(role, p.ndim) for _, role, p in _named(model))
+    expected = Counter(kind for _, kind, _, _ in _named(model))
     actual = Counter(package_block(optimizer, g["name"]) for g in optimizer.param_groups)
     if expected != actual:
         raise ValueError(f"adam-mini partition degraded: expected blocks {dict(expected)}, package made {dict(actual)}")
-    for _, role, p in _named(model):
-        if block_kind(role, p.ndim) == "head":
+    for _, kind, role, p in _named(model):
+        if kind == "head":
             want = {"query": n_heads, "key": n_kv, "qkv": n_heads + 2 * n_kv}[role]
             got = head_blocks(p, info)
             if got != want:
@@ -121,7 +129,7 @@ def build_adam_mini(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8
     d_model, n_heads, n_kv = _dims(get_model_info(model))
     from adam_mini import Adam_mini
 
-    named = [(name, p) for name, _, p in _named(model)]
+    named = [(name, p) for name, _, _, p in _named(model)]
     optimizer = Adam_mini(named, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, dim=d_model,
                           n_heads=n_heads, n_kv_heads=n_kv, verbose=False)
     # The package sets world_size to the CUDA device count and then all-gathers in its step;
@@ -137,9 +145,8 @@ def adam_mini_state_bytes(model: nn.Module, **_: object) -> int:
     # `step` is a Python int.
     info = get_model_info(model)
     total = 0
-    for _, role, p in _named(model):
+    for _, kind, _, p in _named(model):
         n, isz = p.numel(), p.element_size()
-        kind = block_kind(role, p.ndim)
         scalars = {"adam": n, "tensor": 1}.get(kind) or (head_blocks(p, info) if kind == "head" else p.shape[0])
         total += isz * (n + scalars)
     return total
