@@ -1,0 +1,37 @@
+"""``optbench report``: turn a runs dir into LEADERBOARD.md, leaderboard.csv, runs.csv and plots."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from optbench import registry
+from optbench.commands._common import DEFAULT_RUNS_DIR
+from optbench.report import write_report
+
+HELP = "write the leaderboard (markdown, CSV, plots) from the run records of one preset"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                        help=f"where run records are (default: {DEFAULT_RUNS_DIR})")
+    parser.add_argument("--out", default="results",
+                        help="where LEADERBOARD.md, the CSVs and plots/ go (default: results)")
+    parser.add_argument("--preset", default="cpu",
+                        help="which preset's runs to report: smoke | cpu | gpu (default: cpu)")
+    parser.add_argument("--command", default=None, metavar="TEXT",
+                        help="the command that produced the runs, quoted in the leaderboard's header")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def run(args: argparse.Namespace) -> int:
+    registry.check_preset(args.preset)
+    report_command = shlex.join(["optbench", "report", "--runs-dir", str(args.runs_dir), "--out", str(args.out),
+                                 "--preset", args.preset])
+    files = write_report(args.runs_dir, args.out, args.preset, produced_by=args.command,
+                         report_command=report_command, plots=not args.no_plots)
+    print(f"optbench report: {files.n_runs} run(s) of preset {args.preset} from {args.runs_dir}: "
+          f"{files.n_failed} not ok, {files.n_corrupt} corrupt file(s) skipped (listed in the leaderboard)")
+    for path in (files.leaderboard_md, files.leaderboard_csv, files.runs_csv, *files.plots):
+        print(f"  wrote {path}")
+    return 0
