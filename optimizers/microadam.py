@@ -72,7 +72,7 @@ def index_dtype(block_size: int) -> torch.dtype:
 def quantize4(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric 4-bit block quantization of a flat float tensor.
 
-    Returns (codes packed two per byte: ceil(N/2) uint8, low element in the low nibble;
+    Returns (codes packed two per byte, ceil(N/2) uint8, see ``pack_nibbles``;
     bf16 block minima; bf16 block maxima), ceil(N/block_size) blocks.
     """
     n = x.numel()
@@ -105,16 +105,16 @@ def dequantize4(packed: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, numel:
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """uint8 codes in [0, 15] -> ceil(N/2) bytes."""
+    """uint8 codes in [0, 15] -> B = ceil(N/2) bytes: byte j holds code j (low nibble) and code B+j (high)."""
     n = codes.numel()
-    padded = torch.zeros(2 * math.ceil(n / 2), dtype=torch.uint8, device=codes.device)
-    padded[:n] = codes
-    pairs = padded.view(-1, 2)
-    return pairs[:, 0] | (pairs[:, 1] << 4)
+    half = math.ceil(n / 2)
+    padded = torch.zeros(2 * half, dtype=torch.uint8, device=codes.device)
+    padded[:n] = codes.reshape(-1)
+    return padded[:half] | (padded[half:] << 4)
 
 
 def unpack_nibbles(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    return torch.stack((packed & 15, packed >> 4), dim=1).view(-1)[:numel]
+    return torch.cat((packed & 15, packed >> 4))[:numel]
 
 
 # ----------------------------------------------------------------------------- windowed Adam

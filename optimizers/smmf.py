@@ -16,7 +16,8 @@ closed-form rank-1 NNMF (``rank1_nnmf``). Per step t (1-based)::
 
 State per tensor: four float32 factor vectors and the sign packed 1 bit per element in
 uint8 (the paper's 1-bit sign; the official code keeps a bool per element):
-8(n+m) + ceil(N/8) bytes. The step count is a Python int in the state (no tensor).
+8(n+m) + ceil(N/8) bytes (planar bit layout, see ``pack_signs``). The step count is a Python int
+in the state (no tensor).
 The step works in the matricized view with two dense float32 buffers (M, then V reused for
 the update) plus the unpacked ±1 sign (int8): no dense tensor beyond what the math needs.
 """
@@ -74,15 +75,20 @@ def rank1_nnmf(matrix: torch.Tensor, *, absolute: bool = False) -> tuple[torch.T
 
 
 def pack_signs(positive: torch.Tensor) -> torch.Tensor:
-    """Pack a bool tensor (any shape, N elements) into ceil(N/8) uint8 bytes, bit i of byte j = element 8j+i."""
+    """Pack a bool tensor (any shape, N elements) into B = ceil(N/8) uint8 bytes.
+
+    Planar layout, so that every operation runs on contiguous memory: bit i of byte j holds
+    element i*B + j (the zero padding sits in the last plane).
+    """
     flat = positive.reshape(-1)
     n = flat.numel()
-    padded = torch.zeros(math.ceil(n / 8) * 8, dtype=torch.uint8, device=flat.device)
-    padded[:n] = flat
-    bits = padded.view(-1, 8)
-    packed = bits[:, 0].clone()
+    per_plane = math.ceil(n / 8)
+    planes = torch.zeros(8 * per_plane, dtype=torch.uint8, device=flat.device)
+    planes[:n] = flat
+    planes = planes.view(8, per_plane)
+    packed = planes[0].clone()
     for i in _BIT_SHIFTS[1:]:
-        packed.bitwise_or_(bits[:, i] << i)
+        packed.bitwise_or_(planes[i] << i)
     return packed
 
 
@@ -92,13 +98,13 @@ def unpack_signs(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:numel]
+    shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=packed.device).unsqueeze(1)
+    return ((packed.unsqueeze(0) >> shifts) & 1).view(-1)[:numel]
 
 
 def _unpack_pm1(packed: torch.Tensor, numel: int) -> torch.Tensor:
     """Signs as int8 ±1 (+1 where the packed bit is set)."""
-    return _unpack_bits(packed, numel).to(torch.int8).mul_(2).sub_(1)
+    return _unpack_bits(packed, numel).view(torch.int8).mul_(2).sub_(1)
 
 
 def beta1_at(step: int, beta: float, growth_rate: float) -> float:
