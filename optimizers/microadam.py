@@ -28,8 +28,8 @@ The step builds dense float32 temporaries (a, |a|, and the m/v accumulators): th
 reference implementation for CPU, not a memory-optimal kernel.
 
 ``impl="official"`` hands the parameters to ``ista_daslab_optimizers.MicroAdam`` (CUDA and
-that package required). NEVER RUN HERE: this machine has neither; its state bytes are not
-covered by ``microadam_state_bytes``.
+that package required). NEVER RUN HERE: this machine has neither; for it ``microadam_state_bytes``
+returns an unverified estimate from the published layout (``official_state_bytes_estimate``).
 """
 
 from __future__ import annotations
@@ -282,11 +282,20 @@ def microadam_param_state_bytes(param: torch.Tensor, m: int = 10, k_init: float 
     return window + 4 * n
 
 
+def official_state_bytes_estimate(param: torch.Tensor, m: int, k_init: float, quant_block_size: int) -> int:
+    """The official package's layout as REFERENCES.md states it, NOT verified here (never run):
+    m·k·N int16 indices + bf16 values, ceil(N/2) codes and floor(N/qbs)+1 bf16 min/max pairs."""
+    n = param.numel()
+    return 4 * m * math.ceil(k_init * n) + math.ceil(n / 2) + 4 * (n // quant_block_size + 1)
+
+
 def microadam_state_bytes(model: nn.Module, m: int = 10, k_init: float = 0.01, quant_block_size: int = 100_000,
                           topk_block_size: int = INT16_BLOCK_LIMIT, quantize_error: bool = True,
                           impl: str = "torch", **_: object) -> int:
+    if impl == "official":
+        return sum(official_state_bytes_estimate(p, m, k_init, quant_block_size) for p in trainable(model))
     if impl != "torch":
-        raise ValueError(f"state_bytes is exact for impl='torch' only, got {impl!r}")
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     return sum(microadam_param_state_bytes(p, m, k_init, quant_block_size, topk_block_size, quantize_error)
                for p in trainable(model))
 

@@ -17,6 +17,7 @@ from optimizers.microadam import (
     dequantize4,
     index_dtype,
     microadam_param_state_bytes,
+    microadam_state_bytes,
     pack_nibbles,
     quantize4,
     topk_layout,
@@ -223,6 +224,8 @@ def test_invalid_hparams(kwargs: dict, name: str) -> None:
 def test_official_impl_refuses_without_cuda_or_package() -> None:
     with pytest.raises(ValueError, match="impl='official'"):
         build_microadam(toy(), 1e-3, impl="official")
+    # its state bytes are an estimate from the published layout: 13 elements, k = 1, one quantization block
+    assert microadam_state_bytes(nn.Linear(13, 1, bias=False), impl="official") == 4 * 10 * 1 + 7 + 4
 
 
 @pytest.mark.parametrize("quantize_error", [True, False])
