@@ -1,0 +1,56 @@
+"""Micro-benchmark: one ``optimizer.step()`` per registered optimizer on the topics-gpt-shaped GPT.
+
+Gradients are computed once and left in place, so only the step is timed; warm-up rounds
+are excluded (pytest-benchmark ``pedantic``). Not collected by the default run (testpaths =
+tests). Save a baseline, then compare a later run against it and fail on a slowdown:
+
+    pytest benchmarks/test_step_time.py --benchmark-save=baseline
+    pytest benchmarks/test_step_time.py --benchmark-compare=0001 --benchmark-compare-fail=median:25%
+
+The regression gate is the median step time: a run fails when an optimizer's median is more
+than 25% above the saved baseline's (pytest-benchmark compares each benchmark by name).
+Compare only runs taken on the same machine with the same load; on a shared machine 25% is
+within the noise. Rounds and warm-up: OPTBENCH_MICROBENCH_ROUNDS (default 30) and
+OPTBENCH_MICROBENCH_WARMUP (default 5); device: OPTBENCH_DEVICE (default cpu; the CUDA path
+synchronizes after each step and was never run here).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from benchmarks._gpt import fill_gradients, gpt_model
+from optbench.registry import optimizers
+
+ROUNDS = int(os.environ.get("OPTBENCH_MICROBENCH_ROUNDS", "30"))
+WARMUP = int(os.environ.get("OPTBENCH_MICROBENCH_WARMUP", "5"))
+DEVICE = os.environ.get("OPTBENCH_DEVICE", "cpu")
+NAMES = sorted(optimizers())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_time(benchmark, name):
+    spec = optimizers()[name]
+    reason = spec.unavailable_reason(DEVICE)
+    if reason:
+        pytest.skip(f"{name} unavailable: {reason}")
+    model, source = gpt_model(device=DEVICE)
+    hparams = spec.resolve_hparams()
+    try:
+        optimizer = spec.build(model, spec.default_lr, **hparams)
+    except ValueError as exc:  # e.g. slimadam-snr without rules for this task
+        pytest.skip(f"{name} cannot build on {source}: {exc}")
+    fill_gradients(model)
+
+    def step() -> None:
+        optimizer.step()
+        if DEVICE.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    benchmark.group = f"optimizer.step, {source}"
+    benchmark.extra_info.update(device=DEVICE, threads=torch.get_num_threads(), model=source)
+    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
