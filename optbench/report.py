@@ -160,8 +160,13 @@ def _median(values: pd.Series) -> float:
 
 
 def summarise(group: pd.DataFrame) -> dict:
-    """One (task, optimizer, configuration): quality over ok runs, memory/time medians over runs that measured them."""
+    """One (task, optimizer, configuration): quality and times over ok runs; memory medians over ok runs,
+    or over every run that measured it when no ok run did (the state of a diverged optimizer is still exact)."""
     ok = group[group["status"] == "ok"]
+
+    def memory(col: str) -> float:
+        return _median(ok[col]) if ok[col].notna().any() else _median(group[col])
+
     metric = ok["final_metric"].dropna()
     reached = ok["steps_to_target"].dropna()
     return {
@@ -174,11 +179,11 @@ def summarise(group: pd.DataFrame) -> dict:
         "metric_mean": float(metric.mean()) if len(metric) else math.nan,
         "metric_std": float(metric.std(ddof=1)) if len(metric) > 1 else math.nan,
         "metric_n": len(metric),
-        "optimizer_state_bytes": _median(group["optimizer_state_bytes"]),
-        "peak_bytes": _median(group["peak_bytes"]),
-        **{col: _median(group[col]) for col in PEAK_COLUMNS},
-        "memory_method": " | ".join(sorted(set(group["memory_method"].dropna()))),
-        "cuda_max_allocated": _median(group["cuda_max_allocated"]),
+        "optimizer_state_bytes": memory("optimizer_state_bytes"),
+        "peak_bytes": memory("peak_bytes"),
+        **{col: memory(col) for col in PEAK_COLUMNS},
+        "memory_method": " | ".join(sorted(set((ok if len(ok) else group)["memory_method"].dropna()))),
+        "cuda_max_allocated": memory("cuda_max_allocated"),
         "step_ms": 1e3 * _median(ok["step_s_median"]),
         "optimizer_step_ms": 1e3 * _median(ok["optimizer_step_s_median"]),
         "target": _median(group["target"]),
@@ -436,7 +441,8 @@ def _failed_section(runs: pd.DataFrame, corrupt: Sequence[tuple[Path, str]]) -> 
     else:
         lines.append(_table([{
             "task": r["task"], "optimizer": r["optimizer"], "seed": r["seed"], "status": r["status"],
-            "error": _md_cell(r["error"] or f"diverged at step {r['diverged_at_step']}"),
+            "error": _md_cell(r["error"] if isinstance(r["error"], str) and r["error"]
+                              else f"diverged at step {_fmt(_number(r['diverged_at_step']), '.0f')}"),
             "file": _md_cell(Path(r["file"]).name),
         } for _, r in failed.iterrows()]))
     lines += ["", "## Corrupt run files (skipped)", ""]
