@@ -113,19 +113,52 @@ def test_derive_rules_averages_over_steps_and_never_compresses_norms():
     assert {r["role"]: r["modal"] for r in summary} == {"bias": "none", "mlp_in": "fan_in", "norm": "none"}
 
 
-def test_cli_snr_smoke_writes_three_outputs(tmp_path):
-    assert main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "12", "--every", "5",
-                 "--out", str(tmp_path), "--rules-out", str(tmp_path / "rules" / "digits-mlp.json")]) == 0
-    rules = json.loads((tmp_path / "rules.json").read_text())
+@pytest.fixture(scope="module")
+def smoke_outputs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("snr")
+    code = main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "12", "--every", "5",
+                 "--out", str(out), "--rules-out", str(out / "rules" / "digits-mlp.json")])
+    return code, out
+
+
+def test_cli_snr_smoke_writes_three_outputs(smoke_outputs):
+    code, out = smoke_outputs
+    assert code == 0
+    rules = json.loads((out / "rules.json").read_text())
     assert rules["_task"] == "digits-mlp" and rules["_criterion"] == "snr" and rules["_alpha"] == 1.0
     assert rules["_command"].startswith("optbench snr --task digits-mlp --preset smoke")
     assert rules["1.bias"] is None and rules["3.bias"] is None
     assert all(v is None or set(v) <= {0, 1} for k, v in rules.items() if not k.startswith("_"))
-    assert json.loads((tmp_path / "rules" / "digits-mlp.json").read_text()) == rules
-    trace = snr.read_trace_rows(tmp_path / "trace.csv")
+    assert json.loads((out / "rules" / "digits-mlp.json").read_text()) == rules
+    trace = snr.read_trace_rows(out / "trace.csv")
     assert {r["step"] for r in trace} == {1, 5, 10, 12}
     assert {r["option"] for r in trace} == {"fan_in", "fan_out", "both"}
-    assert "## Memory" in (tmp_path / "summary.md").read_text()
+    assert "## Memory" in (out / "summary.md").read_text()
+
+
+def test_rules_json_round_trip_into_slimadam(smoke_outputs):
+    slimadam = pytest.importorskip("optimizers.slimadam")
+    from tasks.digits_mlp import build_model
+
+    _, out = smoke_outputs
+    rules = snr.load_rules(out / "rules.json")
+    # force one compressed tensor of each kind so the check cannot pass vacuously
+    rules.update({"1.weight": [1], "3.weight": [0], "5.weight": [0, 1]})
+    path = out / "forced.json"
+    path.write_text(snr.dump_rules({**rules, "_criterion": "snr"}))
+    model = build_model()
+    opt = slimadam.build_slimadam(model, 1e-3, rules=str(path))
+    names = [n for n, p in model.named_parameters()]
+    axes = dict(zip(names, opt.param_groups[0]["compress_axes"], strict=True))
+    assert axes == {"1.weight": (1,), "1.bias": None, "3.weight": (0,), "3.bias": None, "5.weight": (0, 1),
+                    "5.bias": None}
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    opt.step()
+    shapes = {n: tuple(opt.state[p]["exp_avg_sq"].shape) for n, p in model.named_parameters()}
+    assert shapes["1.weight"] == (256, 1) and shapes["3.weight"] == (1, 256) and shapes["5.weight"] == (1, 1)
+    kept = sum(math.prod(s) for s in shapes.values())
+    params = [snr.ParamInfo(n, tuple(p.shape), "mlp_in") for n, p in model.named_parameters()]
+    assert kept == snr.memory_saving(params, rules)["v_entries_kept"]
 
 
 def test_cli_snr_rejects_bad_criterion_and_preset(tmp_path, capsys):
