@@ -217,11 +217,16 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         first = acc.zero_().view(blocks, size)
         second = torch.zeros_like(first)
-        for (s, w1), (_, w2) in zip(window_weights(t, window, beta1), window_weights(t, window, beta2), strict=True):
-            idx = state["indices"][s].long()
-            vals = state["values"][s].float()
-            first.scatter_add_(1, idx, vals * w1)
-            second.scatter_add_(1, idx, vals.square_().mul_(w2))
+        slots, w1 = zip(*window_weights(t, window, beta1), strict=True)
+        w2 = [w for _, w in window_weights(t, window, beta2)]
+        # All filled slots in one scatter per moment: (slots, blocks, k) -> (blocks, slots*k).
+        idx = state["indices"][list(slots)].long()
+        vals = state["values"][list(slots)].float()
+        weights1 = torch.tensor(w1, dtype=torch.float32, device=p.device).view(-1, 1, 1)
+        weights2 = torch.tensor(w2, dtype=torch.float32, device=p.device).view(-1, 1, 1)
+        idx = idx.permute(1, 0, 2).reshape(blocks, -1)
+        first.scatter_add_(1, idx, (vals * weights1).permute(1, 0, 2).reshape(blocks, -1))
+        second.scatter_add_(1, idx, vals.square_().mul_(weights2).permute(1, 0, 2).reshape(blocks, -1))
         second.div_(1 - beta2**t).sqrt_().add_(group["eps"])
         update = first.div_(1 - beta1**t).div_(second).view(-1)[:n]
 
