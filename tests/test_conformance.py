@@ -3,7 +3,7 @@
 Each available optimizer, with its defaults and default learning rate, on the small model in
 ``conformance_model``:
 1. measured state bytes after one step == ``spec.state_bytes(model, **hparams)`` exactly;
-2. the loss on a fixed batch falls by at least 1% within 15 steps;
+2. the loss on a fixed batch falls by at least 0.5% within 15 steps;
 3. state_dict saved (through torch.save/torch.load), loaded into a fresh optimizer on a copy of
    the model, continued: parameters identical to an uninterrupted run;
 4. parameters whose grad is None and all-zero gradients: no error, no NaN, untouched when None;
@@ -28,7 +28,9 @@ from optbench.spec import OptimizerSpec
 from optbench.state import optimizer_state_bytes
 
 NAMES = sorted(optimizers())
-LOSS_STEPS, LOSS_DROP = 15, 0.01
+# At their default lr, Lion (1e-4) and MicroAdam drop 1.4-1.7% in 15 steps here, the rest 7-37%;
+# a no-op or wrong-sign step gives <= 0.
+LOSS_STEPS, LOSS_DROP = 15, 0.005
 
 # hyperparameter -> (invalid value, text the error must contain); used when the spec has the key
 # with a value of the same kind (a tuple-valued eps such as Adafactor's is not a number).
@@ -43,6 +45,20 @@ INVALID = {
     "rank": [(0, "rank")],
     "update_proj_gap": [(0, "update_proj_gap")],
     "min_8bit_size": [(0, "min_8bit_size")],
+    "beta2_decay": [(0.5, "beta2_decay")],
+    "d": [(0.5, r"\bd\b")],
+    "scale": [(0.0, "scale")],
+    "proj_type": [("diagonal", "proj_type")],
+    "proj": [("gaussian", "proj")],
+    "scale_type": [("row", "scale_type")],
+    "impl": [("magic", "impl")],
+    "m": [(0, r"\bm\b")],
+    "k_init": [(0.0, "k_init")],
+    "quant_block_size": [(0, "quant_block_size")],
+    "topk_block_size": [(0, "topk_block_size")],
+    "decay_rate": [(0.5, "decay_rate")],
+    "growth_rate": [(0.0, "growth_rate")],
+    "weight_decay_mode": [("l3", "weight_decay_mode")],
 }
 
 
