@@ -368,6 +368,7 @@ def _header(runs: pd.DataFrame, ctx: ReportContext) -> list[str]:
 
 def _task_rows(rows: pd.DataFrame, methods: dict[str, str]) -> list[dict]:
     metric = rows["metric_name"].iloc[0]
+    show_cuda = bool(rows["cuda_max_allocated"].notna().any())  # allocator figure, CUDA runs only
     out = []
     for _, r in rows.iterrows():
         baseline = r["optimizer"] == BASELINE
@@ -381,6 +382,7 @@ def _task_rows(rows: pd.DataFrame, methods: dict[str, str]) -> list[dict]:
             "peak (tracked)": fmt_bytes(r["peak_bytes"]),
             **{f"peak: {cat}": fmt_bytes(r[col]) for cat, col in zip(MEMORY_CATEGORIES, PEAK_COLUMNS)},
             "peak method": methods.get(r["memory_method"], "—"),
+            **({"CUDA max allocated": fmt_bytes(r["cuda_max_allocated"])} if show_cuda else {}),
             "step ms": fmt_ms(r["step_ms"]),
             "step × AdamW": _fmt(r["step_time_ratio_to_adamw"], ".2f", "×"),
             "steps to target": (f"{r['steps_to_target_mean']:.0f} ({r['target_reached']}/{r['n_ok']} ok runs)"
