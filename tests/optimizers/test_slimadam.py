@@ -153,6 +153,16 @@ def test_compile_prefix_is_stripped() -> None:
     assert axes["v.weight"] == (0,) and axes["q.weight"] == (1,)
 
 
+def test_static_rules_reach_a_compiled_model() -> None:
+    compiled = torch.compile(toy())  # parameters are named "_orig_mod.*"; nothing is compiled until a forward
+    opt = build_slimadam(compiled, 1e-3)
+    names = [n.removeprefix("_orig_mod.") for n, _ in compiled.named_parameters()]
+    axes = dict(zip(names, opt.param_groups[0]["compress_axes"], strict=True))
+    assert axes == {"prime": None, "emb.weight": (1,), "conv.weight": (1, 2, 3), "conv.bias": None,
+                    "q.weight": (1,), "q.bias": None, "v.weight": (0,), "norm.weight": None, "norm.bias": None,
+                    "head.weight": (1,), "head.bias": None}
+
+
 def test_state_dict_round_trip_continues_identically() -> None:
     model, twin = toy(), toy()
     opt = build_slimadam(model, 1e-2)
