@@ -236,8 +236,11 @@ def geometric_mean(values: Iterable[float]) -> float:
 
 
 def metric_ranks(board: pd.DataFrame) -> pd.Series:
-    """Rank within each task by mean final metric (1 = best, ties share the best rank, no metric = last)."""
+    """Rank within each task by mean final metric (1 = best, ties share the best rank, no metric = last;
+    NaN on a task where no optimizer has a metric)."""
     def rank(task_rows: pd.DataFrame) -> pd.Series:
+        if task_rows["metric_mean"].isna().all():
+            return pd.Series(math.nan, index=task_rows.index)  # nothing to rank on a task where every run failed
         ascending = not bool(task_rows["higher_is_better"].iloc[0])
         return task_rows["metric_mean"].rank(ascending=ascending, method="min", na_option="bottom")
 
@@ -253,8 +256,8 @@ def overall(board: pd.DataFrame) -> pd.DataFrame:
             "state_ratio_gmean": geometric_mean(rows_of["state_pct_of_adamw"] / 100.0),
             "peak_ratio_gmean": geometric_mean(rows_of["peak_ratio_to_adamw"]),
             "step_time_ratio_gmean": geometric_mean(rows_of["step_time_ratio_to_adamw"]),
-            "mean_rank": float(rows_of["rank"].mean()),
-            "wins": int((rows_of["rank"] == 1).sum()),
+            "mean_rank": float(rows_of["rank"].mean()),  # over the tasks with a ranking
+            "wins": int(((rows_of["rank"] == 1) & rows_of["metric_mean"].notna()).sum()),
         })
     return pd.DataFrame(rows).sort_values(["mean_rank", "optimizer"]).reset_index(drop=True)
 
@@ -426,7 +429,7 @@ def _overall_section(summary: pd.DataFrame) -> list[str]:
         "state ÷ AdamW (geomean)": _fmt(r["state_ratio_gmean"], ".3f"),
         "peak ÷ AdamW (geomean)": _fmt(r["peak_ratio_gmean"], ".3f"),
         "step time ÷ AdamW (geomean)": _fmt(r["step_time_ratio_gmean"], ".2f"),
-        "mean rank": f"{r['mean_rank']:.2f}", "wins": r["wins"],
+        "mean rank": _fmt(r["mean_rank"], ".2f"), "wins": r["wins"],
     } for _, r in summary.iterrows()]
     return ["", "## Overall", "",
             "Ratios are per task to AdamW on the same task, then the geometric mean over the tasks where both "
@@ -509,8 +512,11 @@ def mean_curve(runs: pd.DataFrame, kind: str) -> pd.DataFrame:
     return stats.rename(columns={"count": "n"})
 
 
-def plot_curves(task: str, task_runs: pd.DataFrame, path: Path) -> Path:
-    """Train loss and eval metric vs step, one line per optimizer (mean over ok seeds, shaded ± std)."""
+def plot_curves(task: str, task_runs: pd.DataFrame, path: Path) -> Path | None:
+    """Train loss and eval metric vs step, one line per optimizer (mean over ok seeds, shaded ± std).
+    None if the task has no ok run."""
+    if not (task_runs["status"] == "ok").any():
+        return None
     plt = _pyplot()
     names = sorted(task_runs["optimizer"].unique())
     colors = _colors(names)
@@ -579,7 +585,7 @@ def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 8)
 def _pareto_panel(ax, rows: pd.DataFrame, column: str, label: str, colors: dict) -> None:
     rows = rows[rows[column].notna() & rows["metric_mean"].notna()]
     if rows.empty:
-        ax.text(0.5, 0.5, f"no {label} measured", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"{label}: not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     unit, size = byte_unit(rows[column].max())
@@ -602,8 +608,11 @@ def _pareto_panel(ax, rows: pd.DataFrame, column: str, label: str, colors: dict)
     ax.legend(fontsize=8, loc="best")
 
 
-def plot_pareto(task: str, rows: pd.DataFrame, path: Path) -> Path:
-    """Final metric vs exact optimizer-state bytes (left) and vs tracked peak (right); Pareto front marked."""
+def plot_pareto(task: str, rows: pd.DataFrame, path: Path) -> Path | None:
+    """Final metric vs exact optimizer-state bytes (left) and vs tracked peak (right); Pareto front marked.
+    None if no optimizer has a final metric."""
+    if rows["metric_mean"].isna().all():
+        return None
     plt = _pyplot()
     colors = _colors(sorted(rows["optimizer"]))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)

@@ -100,6 +100,14 @@ def test_geometric_mean_and_overall_ratios(runs_dir):
     assert summary.loc["sgd", "wins"] == 1
 
 
+def test_a_task_where_every_run_failed_gives_no_wins_and_no_rank(runs_dir):
+    for optimizer in ("adamw", "sgd"):
+        put(runs_dir, make_record("task-c", optimizer, 0, None, status="error", error="ImportError: x", peak=None))
+    summary = overall(board_of(runs_dir).reset_index()).set_index("optimizer")
+    assert summary.loc["adamw", "wins"] == 1 and summary.loc["sgd", "wins"] == 1
+    assert summary.loc["adamw", "mean_rank"] == 1.5  # task-c does not count
+
+
 def test_pareto_front_respects_direction():
     x, y = [1.0, 2.0, 3.0, 4.0], [0.5, 0.4, 0.9, 0.8]
     assert pareto_front(x, y, higher_is_better=True) == [0, 2]
