@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="snr (default), variance or relerr; see optbench/snr.py for the thresholds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default=None, help="output folder (default results/snr/<task>)")
     parser.add_argument("--rules-out", default=None, help="also write the rules JSON here")
 
@@ -48,6 +49,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--seed", str(args.seed)]
     if args.device != "cpu":
         parts += ["--device", args.device]
+    if args.threads is not None:
+        parts += ["--threads", str(args.threads)]
     if args.out is not None:
         parts += ["--out", args.out]
     if args.rules_out is not None:
@@ -62,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
     task = get_task(args.task)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     trace = snr.proxy_run(task, args.preset, lr_scale=args.lr_scale, lr=args.lr, every=args.every, steps=args.steps,
                           seed=args.seed, device=args.device)
     out = args.out or f"results/snr/{task.name}"
