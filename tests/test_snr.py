@@ -164,3 +164,23 @@ def test_rules_json_round_trip_into_slimadam(smoke_outputs):
 def test_cli_snr_rejects_bad_criterion_and_preset(tmp_path, capsys):
     assert main(["snr", "--task", "digits-mlp", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert "known: smoke, cpu, gpu" in capsys.readouterr().err
+
+
+def test_rules_agreement_by_role():
+    roles = {"q": "query", "k": "key", "b": "bias"}
+    agree = snr.rules_agreement({"q": [1], "k": [1], "b": None}, {"q": [1], "k": [0], "b": None, "_alpha": 1}, roles)
+    assert agree == {"query": 1.0, "key": 0.0, "bias": 1.0, "_all": pytest.approx(2 / 3)}
+
+
+def test_study_matches_criteria_by_memory_saved():
+    from optbench.commands.study import matched_criteria
+
+    def row(crit, alpha, saved, metric, rules):
+        return {"task": "t", "criterion": crit, "alpha": alpha, "v_saved": saved, "metric": metric,
+                "rules_json": json.dumps(rules)}
+
+    rows = [row("snr", 1, 0.50, 0.9, {"a": [1], "b": None}), row("variance", 0.1, 0.52, 0.8, {"a": [1], "b": [0]}),
+            row("variance", 1, 0.0, 0.95, {"a": None, "b": None}), row("relerr", 1, 0.9, 0.7, {"a": [0], "b": [0]})]
+    (m,) = matched_criteria(rows, tolerance=0.05)
+    assert m["variance_alpha"] == 0.1 and m["variance_metric"] == 0.8 and m["variance_same_axes"] == 0.5
+    assert math.isnan(m["relerr_metric"])  # 0.9 saved is not within 0.05 of 0.5

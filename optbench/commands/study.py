@@ -121,7 +121,7 @@ def adamw_lr(task: str, preset: str) -> float:
 
 def narrow_model(task: str) -> Callable:
     """A quarter-width model of ``task`` with the same parameter names and roles (the proxy)."""
-    builders = {"digits-mlp": _narrow_digits_mlp, "topics-gpt": _narrow_topics_gpt}
+    builders = {"digits-mlp": _narrow_digits_mlp, "topics-gpt": _narrow_topics_gpt, "digits-vit": _narrow_digits_vit}
     if task not in builders:
         raise ValueError(f"no narrow proxy model for task {task!r}; known: {', '.join(builders)}")
     return builders[task]
@@ -141,6 +141,15 @@ def _narrow_topics_gpt():
     d = t.D_MODEL // 4
     return with_info(GPT(VOCAB, t.CONTEXT, t.N_LAYERS, d, t.N_HEADS, t.D_MLP // 4), d_model=d, n_heads=t.N_HEADS,
                      task="topics-gpt")
+
+
+def _narrow_digits_vit():
+    from tasks import digits_vit as t
+    from tasks._transformer import ViT, with_info
+
+    d = t.D_MODEL // 4
+    return with_info(ViT(8, t.PATCH, 1, 10, t.N_LAYERS, d, t.N_HEADS, t.D_MLP // 4), d_model=d, n_heads=t.N_HEADS,
+                     task="digits-vit")
 
 
 def metric(record: dict) -> float:
