@@ -46,8 +46,7 @@ def projector_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The projection matrices the packages keep inside a Python object in ``state['projector']``.
 
     ``optbench.state`` only walks dicts, lists and tuples, so these would go uncounted without
-    this hook. Note: GaLore's SVD projector keeps a *slice* of U or Vh; the slice is counted by its
-    own numel (the analytic formula), although the tensor still pins the full SVD factor's storage.
+    this hook.
     """
     tensors: list[torch.Tensor] = []
     for state in optimizer.state.values():
@@ -76,3 +75,25 @@ def projected_state_elements(shape: Iterable[int], rank: int, proj_type: str, cl
     if proj_type == "full":  # P_left (m, r), P_right (r, n), moments (r, r)
         return r * (m + n) + 2 * r * r
     raise ValueError(f"proj_type must be one of std, reverse_std, right, left, full; got {proj_type!r}")
+
+
+def compact_projectors(optimizer: torch.optim.Optimizer) -> None:
+    """Give every SVD projection matrix its own storage.
+
+    The packages' SVD projectors keep a slice ``Vh[:r]`` or ``U[:, :r]``, a view that pins the
+    whole min(m, n)-square SVD factor: for rank r << min(m, n) that is many times the r·n or
+    m·r elements the method (and the state-bytes formula) accounts for. Copying the slice out
+    after each step releases the factor; the values, and so the training, are unchanged.
+    """
+    for state in optimizer.state.values():
+        projector = state.get("projector") if isinstance(state, dict) else None
+        matrix = getattr(projector, "ortho_matrix", None)
+        if isinstance(matrix, torch.Tensor) and _pins_more(matrix):
+            projector.ortho_matrix = matrix.clone(memory_format=torch.contiguous_format)
+        elif isinstance(matrix, list):
+            projector.ortho_matrix = [m.clone(memory_format=torch.contiguous_format) if _pins_more(m) else m
+                                      for m in matrix]
+
+
+def _pins_more(t: torch.Tensor) -> bool:
+    return t.untyped_storage().nbytes() > t.numel() * t.element_size()

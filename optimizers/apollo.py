@@ -15,7 +15,13 @@ from torch import nn
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 from optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
-from optimizers._lowrank import param_groups, projected_state_elements, projector_tensors, split_projected
+from optimizers._lowrank import (
+    compact_projectors,
+    param_groups,
+    projected_state_elements,
+    projector_tensors,
+    split_projected,
+)
 
 PROJECTIONS = ("random", "svd")
 SCALE_TYPES = ("channel", "tensor")
@@ -38,9 +44,14 @@ def build_apollo(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
     from apollo_torch import APOLLOAdamW
 
     class APOLLOAdamWCounted(APOLLOAdamW):
-        """APOLLOAdamW that reports its projection matrices to optbench.state."""
+        """APOLLOAdamW that reports its projection matrices to optbench.state and keeps them compact."""
 
         optbench_extra_state = projector_tensors
+
+        def step(self, closure=None):
+            loss = super().step(closure)
+            compact_projectors(self)
+            return loss
 
     projected, plain = split_projected(model)
     groups = param_groups(projected, plain, rank=int(rank), proj=proj, scale_type=scale_type, scale=float(scale),

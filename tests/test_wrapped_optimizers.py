@@ -105,3 +105,15 @@ def test_conformance_model_info_is_complete():
     model = build_model()
     attach_info(model, ModelInfo(roles=dict(ROLES), d_model=D_MODEL, n_heads=N_HEADS, task="conformance"))
     assert len(ROLES) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name, hparams", [("galore", {"rank": 4}), ("apollo", {"rank": 4, "proj": "svd"})])
+def test_svd_projectors_hold_only_their_rank(name, hparams):
+    # The packages slice Vh[:r] / U[:, :r] out of a full SVD; the wrapper copies the slice out.
+    model, opt = built(name, **hparams)
+    one_step(model, opt)
+    for state in opt.state.values():
+        if "projector" in state:
+            matrix = state["projector"].ortho_matrix
+            assert 4 in matrix.shape
+            assert matrix.untyped_storage().nbytes() == matrix.numel() * matrix.element_size()
