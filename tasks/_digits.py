@@ -37,7 +37,9 @@ def digits(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return (x_tr.unsqueeze(1).to(device), y_tr.to(device), x_te.unsqueeze(1).to(device), y_te.to(device))
 
 
-def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def epoch_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled mini-batches; the order depends on ``seed`` only."""
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]

@@ -1,0 +1,88 @@
+"""cifar10-resnet18 (GPU tier): torchvision's ResNet-18 adapted to 32x32 CIFAR-10 images.
+
+Model: ``torchvision.models.resnet18(num_classes=10)`` with the 7x7 stride-2 stem replaced by
+a 3x3 stride-1 conv and the max-pool removed (the usual CIFAR adaptation); 11.2M parameters.
+Data: CIFAR-10 from the ``data_dir`` option (default ~/.cache/optbench), random crop + flip
+on the device (tasks/cifar10_data.py). Metric: accuracy on the 10,000 test images.
+bf16 autocast on CUDA (``TaskInstance.autocast_dtype``).
+
+``smoke`` only: a ResNet with one BasicBlock per stage (same architecture, fewer layers), a
+64-image test subset, and generated stand-in images when CIFAR-10 is absent; both are said
+in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise ``MissingDataError``
+naming the download command otherwise. The CUDA path (autocast, device-side augmentation)
+was never run while this was written: no GPU was available.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
+from optbench.registry import register_task
+from optbench.spec import Budget, Metric, Requirements, TaskInstance, TaskSpec
+from tasks import cifar10_data
+
+SMOKE_TEST_IMAGES = 64
+
+
+def build_model(small: bool = False) -> nn.Module:
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10) if small else resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    rules = [
+        ("fc.weight", "classifier"),
+        ("fc.bias", "bias"),
+        ("downsample.0.weight", "conv"),
+        ("downsample.1.weight", "norm"),
+        ("downsample.1.bias", "norm"),
+        *[(f"bn{i}.{p}", "norm") for i in (1, 2) for p in ("weight", "bias")],
+        ("conv1.weight", "conv"),
+        ("conv2.weight", "conv"),
+    ]
+    roles = roles_by_suffix(model, rules)
+    roles["conv1.weight"] = "conv_in"  # the stem; block convs share its suffix
+    return attach_info(model, ModelInfo(roles=roles, d_model=512, n_heads=1, task="cifar10-resnet18"))
+
+
+def setup(preset: str, seed: int, device: torch.device, data_dir: str | None = None) -> TaskInstance:
+    budget = SPEC.budget(preset)
+    (x_tr, y_tr, x_te, y_te), notes = cifar10_data.get(preset, data_dir)
+    smoke = preset == "smoke"
+    if smoke:
+        x_te, y_te = x_te[:SMOKE_TEST_IMAGES], y_te[:SMOKE_TEST_IMAGES]
+        notes.append(f"smoke: ResNet with one BasicBlock per stage, {len(y_te)} test images")
+    torch.manual_seed(seed)
+    model = build_model(small=smoke).to(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=cifar10_data.train_batches(x_tr, y_tr, budget.batch_size, seed, device),
+        loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]).float(), batch[1]),
+        evaluate=cifar10_data.accuracy_evaluator(x_te, y_te, device, autocast_dtype=autocast),
+        samples_per_step=budget.batch_size,
+        autocast_dtype=autocast,
+        notes=notes,
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="cifar10-resnet18",
+        tier="gpu",
+        description="ResNet-18 (3x3 stem, no max-pool) on CIFAR-10 with crop+flip, test accuracy",
+        metric=Metric("accuracy", higher_is_better=True),
+        budgets={
+            "smoke": Budget(steps=3, batch_size=8, eval_every=3, target=0.2, log_every=1),
+            "cpu": Budget(steps=100, batch_size=32, eval_every=50, target=0.3, log_every=10),
+            "gpu": Budget(steps=2000, batch_size=256, eval_every=250, target=0.85, log_every=20),
+        },
+        setup=setup,
+        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.05},
+        requires=Requirements(packages=("torchvision",)),
+        options=("data_dir",),
+    )
+)

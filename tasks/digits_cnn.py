@@ -1,0 +1,104 @@
+"""digits-cnn: a small residual CNN on scikit-learn's 8x8 handwritten digits.
+
+Model: 3x3 conv stem (1 -> 32) + BatchNorm, a residual block at 32 channels (8x8), a
+residual block down to 64 channels (4x4, 1x1-conv shortcut), global average pooling and a
+linear classifier; about 77k parameters. Metric: test accuracy on the fixed 360-image split
+(tasks/_digits.py).
+
+Under the ``cpu`` budget AdamW at lr 1e-3 reaches about RESULT_CPU
+(``python -m tasks.quick_train digits-cnn --preset cpu``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
+from optbench.registry import register_task
+from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._digits import accuracy_eval, cross_entropy, digits, epoch_batches
+
+WIDTH = 32
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus a shortcut (identity, or 1x1 conv + BN when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResidualCNN(nn.Module):
+    def __init__(self, width: int = WIDTH, classes: int = 10) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(1, width, 3, padding=1, bias=False)
+        self.bn_in = nn.BatchNorm2d(width)
+        self.block1 = ResidualBlock(width, width, stride=1)
+        self.block2 = ResidualBlock(width, 2 * width, stride=2)
+        self.classifier = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn_in(self.conv_in(x)))
+        x = self.block2(self.block1(x))
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+def build_model() -> nn.Module:
+    model = ResidualCNN()
+    rules = [
+        ("conv_in.weight", "conv_in"),
+        ("classifier.weight", "classifier"),
+        ("classifier.bias", "bias"),
+        ("conv1.weight", "conv"),
+        ("conv2.weight", "conv"),
+        ("shortcut.0.weight", "conv"),
+        ("weight", "norm"),  # every remaining weight and bias belongs to a BatchNorm
+        ("bias", "norm"),
+    ]
+    info = ModelInfo(roles=roles_by_suffix(model, rules), d_model=2 * WIDTH, n_heads=1, task="digits-cnn")
+    return attach_info(model, info)
+
+
+def setup(preset: str, seed: int, device: torch.device) -> TaskInstance:
+    budget = SPEC.budget(preset)
+    torch.manual_seed(seed)
+    model = build_model().to(device)
+    x_tr, y_tr, x_te, y_te = digits(device)
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=epoch_batches(x_tr, y_tr, budget.batch_size, seed),
+        loss_fn=cross_entropy,
+        evaluate=lambda m: accuracy_eval(m, x_te, y_te),
+        samples_per_step=budget.batch_size,
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="digits-cnn",
+        tier="cpu",
+        description="residual CNN (conv stem + 2 residual blocks, BatchNorm) on sklearn digits (8x8), test accuracy",
+        metric=Metric("accuracy", higher_is_better=True),
+        budgets={
+            "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=0.3, log_every=2),
+            "cpu": Budget(steps=150, batch_size=32, eval_every=50, target=0.95, log_every=10),
+            "gpu": Budget(steps=150, batch_size=32, eval_every=50, target=0.95, log_every=10),
+        },
+        setup=setup,
+        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.05},
+    )
+)

@@ -1,0 +1,78 @@
+"""gpt2-small (GPU tier): a GPT-2 small shaped language model trained on bytes.
+
+Model (tasks/_transformer.py GPT): 12 layers, d_model 768, 12 heads, MLP 3072, context 1024,
+vocabulary 50,304 (GPT-2's 50,257 padded to a multiple of 64, as nanoGPT does) so the
+embedding and head have GPT-2's memory footprint. The head is untied from the embedding (one
+role and one optimizer state per parameter), so the model has 163.1M parameters where GPT-2's
+124M counts the tied matrix once. Tokens are bytes (no tokenizer download), so only the first
+256 embedding rows are ever used. Data: the ``text_file`` option, else CPython's pydoc topics
+text (tasks/_text.py; about 420 KB of training bytes, which GPT-2 small will overfit within a
+few epochs: pass a larger text for a meaningful comparison). Metric: held-out bits per byte.
+bf16 autocast on CUDA; gradient clipping at 1.0 (the GPT-2 reference setting).
+
+``smoke`` only: 2 layers of width 64, 2 heads, context 64, vocabulary 256 (same architecture,
+smaller), said in ``TaskInstance.notes``. The CUDA path and the ``gpu`` budget's target were
+never run or measured while this was written (no GPU here).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optbench.model_info import get_model_info
+from optbench.registry import register_task
+from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._text import bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
+from tasks._transformer import GPT, with_info
+
+FULL = {"vocab": 50304, "context": 1024, "n_layers": 12, "d_model": 768, "n_heads": 12, "d_mlp": 3072}
+SMOKE = {"vocab": 256, "context": 64, "n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256}
+EVAL_WINDOWS = {"smoke": 4, "gpu": 128}
+
+
+def build_model(small: bool = False) -> GPT:
+    shape = SMOKE if small else FULL
+    model = GPT(**shape)
+    return with_info(model, d_model=shape["d_model"], n_heads=shape["n_heads"], task="gpt2-small")
+
+
+def setup(preset: str, seed: int, device: torch.device, text_file: str | None = None) -> TaskInstance:
+    budget = SPEC.budget(preset)
+    smoke = preset == "smoke"
+    context = (SMOKE if smoke else FULL)["context"]
+    train, held_out = load_corpus(text_file, context)
+    torch.manual_seed(seed)
+    model = build_model(small=smoke).to(device)
+    x_eval, y_eval = eval_windows(held_out, context, EVAL_WINDOWS[preset])
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    notes = [f"text: {text_file}"] if text_file else []
+    if smoke:
+        notes.append(f"smoke: GPT with {SMOKE}")
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=random_windows(train, budget.batch_size, context, seed, device),
+        loss_fn=next_byte_loss,
+        evaluate=bits_per_byte_evaluator(x_eval, y_eval, 8, device, autocast_dtype=autocast),
+        samples_per_step=budget.batch_size,
+        tokens_per_step=budget.batch_size * context,
+        autocast_dtype=autocast,
+        notes=notes,
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="gpt2-small",
+        tier="gpu",
+        description="GPT-2 small shape (12x768, ctx 1024, untied head) on bytes of a text file, held-out bits/byte",
+        metric=Metric("bits_per_byte", higher_is_better=False),
+        budgets={
+            "smoke": Budget(steps=4, batch_size=4, eval_every=2, target=7.5, log_every=1, grad_clip=1.0),
+            "gpu": Budget(steps=600, batch_size=16, eval_every=100, target=2.5, log_every=10, grad_clip=1.0),
+        },
+        setup=setup,
+        default_lrs={"adamw": 6e-4, "adam": 6e-4, "sgd": 0.1},
+        options=("text_file",),
+    )
+)

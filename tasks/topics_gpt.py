@@ -1,0 +1,64 @@
+"""topics-gpt: a small byte-level GPT on CPython's ``pydoc_data.topics`` reference text.
+
+Model: 4 layers, d_model 128, 4 heads, MLP 512, vocabulary 256 (bytes), context 128,
+untied LM head (see tasks/_transformer.py). Data: tasks/_text.py (last 10% held out), or a
+user's own text with the ``text_file`` option. Metric: held-out bits per byte (lower is
+better); EvalResult.loss carries the same in nats per byte.
+
+Under the ``cpu`` budget AdamW at lr 3e-3 reaches about RESULT_CPU (measured with
+``python -m tasks.quick_train topics-gpt --preset cpu``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optbench.model_info import get_model_info
+from optbench.registry import register_task
+from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._text import VOCAB, bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
+from tasks._transformer import GPT, with_info
+
+N_LAYERS, D_MODEL, N_HEADS, D_MLP, CONTEXT = 4, 128, 4, 512, 128
+EVAL_WINDOWS = {"smoke": 8, "cpu": 64, "gpu": 256}  # held-out windows of CONTEXT bytes
+
+
+def build_model() -> GPT:
+    model = GPT(VOCAB, CONTEXT, N_LAYERS, D_MODEL, N_HEADS, D_MLP)
+    return with_info(model, d_model=D_MODEL, n_heads=N_HEADS, task="topics-gpt")
+
+
+def setup(preset: str, seed: int, device: torch.device, text_file: str | None = None) -> TaskInstance:
+    budget = SPEC.budget(preset)
+    train, held_out = load_corpus(text_file, CONTEXT)
+    torch.manual_seed(seed)
+    model = build_model().to(device)
+    x_eval, y_eval = eval_windows(held_out, CONTEXT, EVAL_WINDOWS[preset])
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=random_windows(train, budget.batch_size, CONTEXT, seed, device),
+        loss_fn=next_byte_loss,
+        evaluate=bits_per_byte_evaluator(x_eval, y_eval, 64, device),
+        samples_per_step=budget.batch_size,
+        tokens_per_step=budget.batch_size * CONTEXT,
+        notes=[f"text: {text_file}"] if text_file else [],
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="topics-gpt",
+        tier="cpu",
+        description="byte-level GPT (4x128, 4 heads, ctx 128) on CPython's pydoc topics text, held-out bits/byte",
+        metric=Metric("bits_per_byte", higher_is_better=False),
+        budgets={
+            "smoke": Budget(steps=6, batch_size=4, eval_every=3, target=7.5, log_every=1),
+            "cpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
+            "gpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
+        },
+        setup=setup,
+        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.3},
+        options=("text_file",),
+    )
+)

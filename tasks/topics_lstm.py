@@ -1,0 +1,86 @@
+"""topics-lstm: a byte-level two-layer LSTM language model on CPython's ``pydoc_data.topics`` text.
+
+Model: byte embedding (256 x 128) -> LSTM(128 -> 256) -> LSTM(256 -> 256) -> linear head
+(256 -> 256); about 1.0M parameters. Data, split and metric as topics-gpt (tasks/_text.py):
+held-out bits per byte, lower is better; the ``text_file`` option swaps in a user's text.
+Roles: the LSTM input-to-hidden matrices ``weight_ih_l*`` (4 gates stacked, shape
+(4*hidden, in)) are ``linear``, the hidden-to-hidden ``weight_hh_l*`` are ``recurrent``.
+
+Under the ``cpu`` budget AdamW at lr 3e-3 reaches about RESULT_CPU
+(``python -m tasks.quick_train topics-lstm --preset cpu``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
+from optbench.registry import register_task
+from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._text import VOCAB, bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
+
+D_EMBED, HIDDEN, N_LAYERS, CONTEXT = 128, 256, 2, 128
+EVAL_WINDOWS = {"smoke": 8, "cpu": 64, "gpu": 256}
+
+
+class LSTMLanguageModel(nn.Module):
+    def __init__(self, vocab: int, d_embed: int, hidden: int, n_layers: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d_embed)
+        self.lstm = nn.LSTM(d_embed, hidden, num_layers=n_layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embedding(idx))
+        return self.head(out)
+
+
+def build_model() -> nn.Module:
+    model = LSTMLanguageModel(VOCAB, D_EMBED, HIDDEN, N_LAYERS)
+    rules = [
+        ("embedding.weight", "embedding"),
+        ("head.weight", "head"),
+        *[(f"weight_ih_l{i}", "linear") for i in range(N_LAYERS)],
+        *[(f"weight_hh_l{i}", "recurrent") for i in range(N_LAYERS)],
+        ("bias", "bias"),
+        *[(f"bias_{kind}_l{i}", "bias") for kind in ("ih", "hh") for i in range(N_LAYERS)],
+    ]
+    info = ModelInfo(roles=roles_by_suffix(model, rules), d_model=HIDDEN, n_heads=1, task="topics-lstm")
+    return attach_info(model, info)
+
+
+def setup(preset: str, seed: int, device: torch.device, text_file: str | None = None) -> TaskInstance:
+    budget = SPEC.budget(preset)
+    train, held_out = load_corpus(text_file, CONTEXT)
+    torch.manual_seed(seed)
+    model = build_model().to(device)
+    x_eval, y_eval = eval_windows(held_out, CONTEXT, EVAL_WINDOWS[preset])
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=random_windows(train, budget.batch_size, CONTEXT, seed, device),
+        loss_fn=next_byte_loss,
+        evaluate=bits_per_byte_evaluator(x_eval, y_eval, 64, device),
+        samples_per_step=budget.batch_size,
+        tokens_per_step=budget.batch_size * CONTEXT,
+        notes=[f"text: {text_file}"] if text_file else [],
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="topics-lstm",
+        tier="cpu",
+        description="byte-level 2-layer LSTM (256 hidden, ctx 128) on CPython's pydoc topics text, held-out bits/byte",
+        metric=Metric("bits_per_byte", higher_is_better=False),
+        budgets={
+            "smoke": Budget(steps=6, batch_size=4, eval_every=3, target=7.5, log_every=1),
+            "cpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
+            "gpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
+        },
+        setup=setup,
+        default_lrs={"adamw": 3e-3, "adam": 3e-3, "sgd": 1.0},
+        options=("text_file",),
+    )
+)

@@ -1,0 +1,73 @@
+"""vit-s-cifar10 (GPU tier): a ViT-S/4 trained from scratch on CIFAR-10.
+
+Model (tasks/_transformer.py ViT): 4x4 patches of the 32x32 image -> 64 tokens + a class
+token, d_model 384, 6 heads, 12 blocks, MLP 1536 (ViT-S widths); 21.3M parameters. Data:
+CIFAR-10 from the ``data_dir`` option, random crop + flip (tasks/cifar10_data.py). Metric:
+accuracy on the 10,000 test images. bf16 autocast on CUDA; gradient clipping at 1.0.
+
+``smoke`` only: 2 blocks of width 64 with 2 heads (same architecture, narrower and
+shallower), a 64-image test subset, and generated stand-in images when CIFAR-10 is absent,
+all said in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data. The CUDA path and the
+``gpu`` budget's target were never run or measured while this was written (no GPU here).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from optbench.model_info import get_model_info
+from optbench.registry import register_task
+from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks import cifar10_data
+from tasks._transformer import ViT, with_info
+
+FULL = {"patch": 4, "n_layers": 12, "d_model": 384, "n_heads": 6, "d_mlp": 1536}
+SMOKE = {"patch": 4, "n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256}
+SMOKE_TEST_IMAGES = 64
+
+
+def build_model(small: bool = False) -> ViT:
+    shape = SMOKE if small else FULL
+    model = ViT(image_size=32, channels=3, classes=10, **shape)
+    return with_info(model, d_model=shape["d_model"], n_heads=shape["n_heads"], task="vit-s-cifar10")
+
+
+def setup(preset: str, seed: int, device: torch.device, data_dir: str | None = None) -> TaskInstance:
+    budget = SPEC.budget(preset)
+    (x_tr, y_tr, x_te, y_te), notes = cifar10_data.get(preset, data_dir)
+    smoke = preset == "smoke"
+    if smoke:
+        x_te, y_te = x_te[:SMOKE_TEST_IMAGES], y_te[:SMOKE_TEST_IMAGES]
+        notes.append(f"smoke: ViT with {SMOKE}, {len(y_te)} test images")
+    torch.manual_seed(seed)
+    model = build_model(small=smoke).to(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=cifar10_data.train_batches(x_tr, y_tr, budget.batch_size, seed, device),
+        loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]).float(), batch[1]),
+        evaluate=cifar10_data.accuracy_evaluator(x_te, y_te, device, batch_size=500, autocast_dtype=autocast),
+        samples_per_step=budget.batch_size,
+        autocast_dtype=autocast,
+        notes=notes,
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="vit-s-cifar10",
+        tier="gpu",
+        description="ViT-S/4 (d 384, 6 heads, 12 blocks) from scratch on CIFAR-10 with crop+flip, test accuracy",
+        metric=Metric("accuracy", higher_is_better=True),
+        budgets={
+            "smoke": Budget(steps=4, batch_size=8, eval_every=2, target=0.2, log_every=1),
+            "cpu": Budget(steps=100, batch_size=32, eval_every=50, target=0.25, log_every=10, grad_clip=1.0),
+            "gpu": Budget(steps=3000, batch_size=256, eval_every=500, target=0.6, log_every=20, grad_clip=1.0),
+        },
+        setup=setup,
+        default_lrs={"adamw": 5e-4, "adam": 5e-4, "sgd": 0.05},
+        options=("data_dir",),
+    )
+)
