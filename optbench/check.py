@@ -467,6 +467,9 @@ def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], 
     cand_records = _in_cell_order(cand_cells, outcomes[1].records)
     verdicts = [judge_task(task, [r for c, r in zip(cand_cells, cand_records) if c.task == task],
                            [r for c, r in zip(base_cells, base_records) if c.task == task], gates) for task in tasks]
+    if lr_from_baseline and "lr" not in (candidate_hparams or {}):
+        for v in verdicts:
+            v.lrs = (v.lrs[0].replace("(explicit)", "(the baseline's: --lr-from-baseline)"), v.lrs[1])
     return CheckReport(candidate, baseline, preset, seeds, device, str(runs_dir), gates, environment(device),
                        verdicts, store_log, dict(candidate_hparams or {}), dict(baseline_hparams or {}),
                        ran=sum(o.ran for o in outcomes), reused=sum(o.reused for o in outcomes))
@@ -544,7 +547,8 @@ def format_report(report: CheckReport) -> str:
                      f"{q.tolerance:.4g}", q.test, p, state, _fmt_ratio(v.peak_ratio),
                      f"{_fmt_ratio(v.step_time_ratio)} (opt {_fmt_ratio(v.optimizer_step_time_ratio)})", v.verdict])
     table = tabulate(rows, headers=["task", "metric", f"baseline {report.baseline}", f"candidate {report.candidate}",
-                                    "diff", "δ", "test", "p", "state mem", "peak mem", "step time", "verdict"],
+                                    "diff", "δ", "test", "p", "state mem (cand. bytes)", "peak mem",
+                                    "step time (opt step)", "verdict"],
                      disable_numparse=True)
     notes = []
     for v in report.verdicts:
