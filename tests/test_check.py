@@ -235,7 +235,8 @@ def test_the_readme_example_plugin_passes(runs_dir, capsys):
     out = capsys.readouterr().out
     assert "PASS: no regression on digits-mlp" in out
     assert "1.00x" in out  # same optimizer-state bytes as AdamW, to rounding (no step tensors)
-    assert "lr candidate 0.001 (the baseline's: --lr-from-baseline), baseline 0.001" in out
+    lr = check.baseline_lr("digits-mlp", "adamw", "smoke")
+    assert f"lr candidate {lr:g} (the baseline's: --lr-from-baseline), baseline {lr:g}" in out
     json_path = runs_dir / "verdict.json"
     assert main(argv + ["--reuse-candidate", "--json", str(json_path)]) == 0
     verdict = json.loads(json_path.read_text())
