@@ -62,6 +62,20 @@ def bench(session: nox.Session) -> None:
                                                                  if session.posargs else ""))
 
 
+@nox.session(venv_backend="none")
+def microbench(session: nox.Session) -> None:
+    """One optimizer.step() per optimizer (pytest-benchmark) against the committed baseline, then the ratio table.
+
+    The step-time gate fails when an optimizer's median step is more than 25% slower than the
+    baseline in benchmarks/baseline/ (taken on the 2-core CPU machine; compare like with like).
+    `nox -s microbench -- --benchmark-save=baseline` records a new baseline instead.
+    """
+    args = session.posargs or ["--benchmark-compare", "--benchmark-compare-fail=median:25%"]
+    run_in_env(session, "-m", "pytest", "benchmarks/test_step_time.py", "-p", "no:cacheprovider",
+               "--benchmark-storage=benchmarks/baseline", *args)
+    run_in_env(session, "-m", "benchmarks.optimizer_ratios")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole project."""

@@ -2,7 +2,11 @@
 
 import importlib
 
-MODULES = ("adamw", "adam", "sgd", "adafactor", "adam8bit", "galore", "adam_mini", "lion", "apollo", "apollo_mini", "slimadam", "smmf", "microadam")
+MODULES = (
+    "adamw", "adam", "sgd",  # torch.optim
+    "adafactor", "adam8bit", "galore", "adam_mini", "lion", "apollo", "apollo_mini",  # wrapped packages
+    "slimadam", "smmf", "microadam",  # implemented here
+)
 
 for _name in MODULES:
     importlib.import_module(f"{__name__}.{_name}")
