@@ -184,3 +184,15 @@ def test_study_matches_criteria_by_memory_saved():
     (m,) = matched_criteria(rows, tolerance=0.05)
     assert m["variance_alpha"] == 0.1 and m["variance_metric"] == 0.8 and m["variance_same_axes"] == 0.5
     assert math.isnan(m["relerr_metric"])  # 0.9 saved is not within 0.05 of 0.5
+
+
+@pytest.mark.slow
+def test_study_all_smoke_writes_tables_and_plots(tmp_path):
+    assert main(["study", "all", "--preset", "smoke", "--tasks", "digits-mlp", "--alphas", "0.5,2",
+                 "--criterion-alphas", "0.1,1", "--lr-scales", "0.1,1", "--out", str(tmp_path)]) == 0
+    for name in ("alpha", "criterion", "proxy", "lr", "cost", "curves"):
+        for ext in ("md", "csv", "png"):
+            assert (tmp_path / f"{name}.{ext}").stat().st_size > 0, (name, ext)
+    assert (tmp_path / "criterion_matched.csv").exists()
+    curves = (tmp_path / "curves.csv").read_text()
+    assert "AdamW" in curves and "SlimAdam (static rules)" in curves and "SlimAdam (SNR rules" in curves
