@@ -460,11 +460,20 @@ def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], 
                                on_mismatch=on_mismatch, role="baseline")
     for line in store_log:
         log(f"  {line}")
-    outcomes = [run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, rerun_failed=True,
-                         progress=progress, measure_memory_pass=measure_memory_pass, log=log)
-                for cells in (base_cells, cand_cells)]
-    base_records = _in_cell_order(base_cells, outcomes[0].records)
-    cand_records = _in_cell_order(cand_cells, outcomes[1].records)
+    # Baseline and candidate alternate seed by seed, so that a machine getting busier or quieter
+    # during the check does not land on one side of the step-time ratio.
+    device_type = torch.device(device).type
+    paths = {id(c): cell_key(c, preset, device_type).path(runs_dir) for c in base_cells + cand_cells}
+    order, seen = [], set()
+    for pair in zip(base_cells, cand_cells):
+        for cell in pair:
+            if paths[id(cell)] not in seen:  # a candidate identical to the baseline runs once
+                seen.add(paths[id(cell)])
+                order.append(cell)
+    outcome = run_grid(order, preset=preset, runs_dir=runs_dir, device=device, rerun_failed=True,
+                       progress=progress, measure_memory_pass=measure_memory_pass, log=log)
+    base_records = [read_record(paths[id(c)]) for c in base_cells]
+    cand_records = [read_record(paths[id(c)]) for c in cand_cells]
     verdicts = [judge_task(task, [r for c, r in zip(cand_cells, cand_records) if c.task == task],
                            [r for c, r in zip(base_cells, base_records) if c.task == task], gates) for task in tasks]
     if lr_from_baseline and "lr" not in (candidate_hparams or {}):
@@ -472,19 +481,13 @@ def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], 
             v.lrs = (v.lrs[0].replace("(explicit)", "(the baseline's: --lr-from-baseline)"), v.lrs[1])
     return CheckReport(candidate, baseline, preset, seeds, device, str(runs_dir), gates, environment(device),
                        verdicts, store_log, dict(candidate_hparams or {}), dict(baseline_hparams or {}),
-                       ran=sum(o.ran for o in outcomes), reused=sum(o.reused for o in outcomes))
+                       ran=outcome.ran, reused=outcome.reused)
 
 
 def baseline_lr(task: str, baseline: str, preset: str, baseline_hparams: Mapping[str, Any] | None = None) -> float:
     """The learning rate the baseline runs at on ``task`` (explicit, sweep table, task or optimizer default)."""
     explicit = (baseline_hparams or {}).get("lr")
     return resolve_lr(registry.get_task(task), registry.get_optimizer(baseline), preset, explicit)[0]
-
-
-def _in_cell_order(cells: Sequence[Cell], records: Sequence[dict]) -> list[dict]:
-    """run_grid returns reused records first, then new ones: put them back in cell order by (task, seed)."""
-    by_key = {(r["task"], r["seed"]): r for r in records}
-    return [by_key[(cell.task, cell.seed)] for cell in cells]
 
 
 # ---------------------------------------------------------------------------------------------
