@@ -433,6 +433,8 @@ def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], 
     check_ratio("--max-time-ratio", gates.max_time_ratio)
     if gates.tolerance is not None and not gates.tolerance > 0:
         raise ValueError(f"--tolerance must be > 0 (metric units), got {gates.tolerance}")
+    if gates.hard_bound is not None and (gates.hard_bound <= 0 or gates.hard_bound < (gates.tolerance or 0)):
+        raise ValueError(f"--hard-bound must be > 0 and >= --tolerance, got {gates.hard_bound}")
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct integers, got {seeds}")
