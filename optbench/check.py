@@ -39,6 +39,11 @@ the run is done again here (``on_mismatch="rerun"``, the old record is kept besi
 ``*.json.otherenv``) or the check refuses (``on_mismatch="refuse"``, a ValueError naming the
 records). The candidate's runs are always redone unless ``reuse_candidate``: its code
 (a plugin file under development) may have changed while its name and hparams did not.
+Baseline and candidate runs alternate seed by seed, so that load on the machine spreads over
+both sides of the step-time ratio.
+
+Devices: everything here is device-agnostic and goes through the runner; ``device="cuda"``
+(the ``gpu`` preset) has not been run on this machine.
 """
 
 from __future__ import annotations
