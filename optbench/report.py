@@ -136,12 +136,20 @@ def runs_frame(records: Iterable[tuple[Path, dict]]) -> pd.DataFrame:
     return frame
 
 
+def _source_rank(source: str) -> int:
+    return LR_SOURCE_PREFERENCE.index(source) if source in LR_SOURCE_PREFERENCE else len(LR_SOURCE_PREFERENCE)
+
+
+def best_lr_source(sources: Iterable[str]) -> str:
+    """A configuration's lr source: runs of one configuration share its lr, so if one run had it from the sweep
+    (the table may have been written after the first seeds ran), that lr is the swept one."""
+    return min(sources, key=_source_rank)
+
+
 def _ranked_configuration(runs: pd.DataFrame) -> pd.Series:
     """True for the runs of the one configuration per (task, optimizer) that the leaderboard ranks."""
     def preference(group: pd.DataFrame) -> tuple:
-        source = group["lr_source"].iloc[0]
-        rank = LR_SOURCE_PREFERENCE.index(source) if source in LR_SOURCE_PREFERENCE else len(LR_SOURCE_PREFERENCE)
-        return (rank, -len(group), group["hparams"].iloc[0])
+        return (_source_rank(best_lr_source(group["lr_source"])), -len(group), group["hparams"].iloc[0])
 
     ranked = pd.Series(False, index=runs.index)
     for _, per_cell in runs.groupby(["task", "optimizer"], sort=False):
@@ -172,7 +180,7 @@ def summarise(group: pd.DataFrame) -> dict:
     return {
         "task": group["task"].iloc[0], "optimizer": group["optimizer"].iloc[0],
         "metric_name": group["metric_name"].iloc[0], "higher_is_better": bool(group["higher_is_better"].iloc[0]),
-        "lr": group["lr"].iloc[0], "lr_source": group["lr_source"].iloc[0], "hparams": group["hparams"].iloc[0],
+        "lr": group["lr"].iloc[0], "lr_source": best_lr_source(group["lr_source"]), "hparams": group["hparams"].iloc[0],
         "seeds": ",".join(str(s) for s in sorted(group["seed"].unique())),
         "n_runs": len(group), "n_ok": int((group["status"] == "ok").sum()),
         "n_diverged": int((group["status"] == "diverged").sum()), "n_error": int((group["status"] == "error").sum()),
@@ -520,7 +528,7 @@ def plot_curves(task: str, task_runs: pd.DataFrame, path: Path) -> Path | None:
     plt = _pyplot()
     names = sorted(task_runs["optimizer"].unique())
     colors = _colors(names)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     metric = task_runs["metric_name"].iloc[0]
     for name in names:
         ok = task_runs[(task_runs["optimizer"] == name) & (task_runs["status"] == "ok")]
@@ -544,9 +552,10 @@ def plot_curves(task: str, task_runs: pd.DataFrame, path: Path) -> Path | None:
     axes[1].set(title=f"{task}: held-out {metric}", xlabel="step", ylabel=f"{metric} (mean over seeds)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right", frameon=False)
     fig.suptitle("ok runs only; shaded band = ± 1 std over seeds", fontsize=9, y=0.02, va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 0.87, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -564,22 +573,44 @@ def pareto_front(x: Sequence[float], y: Sequence[float], higher_is_better: bool)
     return front
 
 
-def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 8) -> None:
-    """Annotate points, nudging each label to the first nearby spot that does not overlap one already placed."""
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Area shared by two (x0, y0, x1, y1) boxes."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _place_labels(ax, points: list[tuple[float, float, str, float]], fontsize: int = 8) -> None:
+    """Annotate (x, y, name, y error) points: points a few pixels apart share one label; each label takes the first
+    spot around its point, inside the axes, that overlaps markers, error bars and labels already placed the least."""
     ax.autoscale_view()
     scale = ax.figure.dpi / 72.0  # points -> display pixels
     char_w, line_h, gap = 0.6 * fontsize * scale, 1.2 * fontsize * scale, 7 * scale
-    screen = [ax.transData.transform((px, py)) for px, py, _ in points]
-    placed = [(sx - gap, sy - gap, sx + gap, sy + gap) for sx, sy in screen]  # markers are obstacles too
-    for (px, py, text), (sx, sy) in sorted(zip(points, screen), key=lambda item: (item[1][1], item[1][0])):
+    clusters: list[tuple[float, float, float, float, list[str]]] = []  # screen x, y, data x, y, names
+    bars = []
+    for px, py, text, err in points:
+        sx, sy = ax.transData.transform((px, py))
+        if math.isfinite(err) and err > 0:
+            low, high = (ax.transData.transform((px, py + d))[1] for d in (-err, err))
+            bars.append((sx - 3, low, sx + 3, high))
+        near = next((c for c in clusters if abs(c[0] - sx) < gap and abs(c[1] - sy) < gap), None)
+        if near:
+            near[4].append(text)
+        else:
+            clusters.append((sx, sy, px, py, [text]))
+    frame = ax.bbox.extents
+    placed = [(sx - gap, sy - gap, sx + gap, sy + gap) for sx, sy, *_ in clusters] + bars  # obstacles too
+    for sx, sy, px, py, names in sorted(clusters, key=lambda c: (c[1], c[0])):
+        text = ", ".join(names)
         width = char_w * len(text)
-        for dx, dy in ((gap, -line_h / 2), (gap, gap), (gap, -gap - line_h), (-gap - width, -line_h / 2),
-                       (-gap - width, gap), (-gap - width, -gap - line_h), (gap, 2 * gap + line_h)):
-            box = (sx + dx, sy + dy, sx + dx + width, sy + dy + line_h)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
-                break
+        spots = [(gap, -line_h / 2), (gap, gap), (gap, -gap - line_h), (-gap - width, -line_h / 2),
+                 (-gap - width, gap), (-gap - width, -gap - line_h), (gap, 2 * gap + line_h), (gap, -2 * gap - line_h),
+                 (-width / 2, gap + line_h / 2), (-width / 2, -gap - 1.5 * line_h)]
+        boxes = [(sx + dx, sy + dy, sx + dx + width, sy + dy + line_h) for dx, dy in spots]
+        inside = [b for b in boxes if frame[0] <= b[0] and b[2] <= frame[2] and frame[1] <= b[1] and b[3] <= frame[3]]
+        box = min(inside or boxes, key=lambda b: sum(_overlap(b, o) for o in placed))  # first of the least crowded
         placed.append(box)
-        ax.annotate(text, (px, py), textcoords="offset pixels", xytext=(dx, dy), fontsize=fontsize)
+        leader = None if box == boxes[0] else {"arrowstyle": "-", "lw": 0.6, "color": "0.5", "shrinkB": 4}
+        ax.annotate(text, (px, py), textcoords="offset pixels", xytext=(box[0] - sx, box[1] - sy), fontsize=fontsize,
+                    arrowprops=leader)
 
 
 def _pareto_panel(ax, rows: pd.DataFrame, column: str, label: str, colors: dict) -> None:
@@ -591,18 +622,16 @@ def _pareto_panel(ax, rows: pd.DataFrame, column: str, label: str, colors: dict)
     unit, size = byte_unit(rows[column].max())
     x, y = (rows[column] / size).tolist(), rows["metric_mean"].tolist()
     front = set(pareto_front(x, y, bool(rows["higher_is_better"].iloc[0])))
-    labels: dict[tuple[float, float], list[str]] = {}  # coincident points share one label
     for i, (_, r) in enumerate(rows.iterrows()):
         on_front = i in front
         ax.errorbar(x[i], y[i], yerr=r["metric_std"] if math.isfinite(r["metric_std"]) else None, fmt="o", ms=7,
                     color=colors[r["optimizer"]], mfc=colors[r["optimizer"]] if on_front else "white", capsize=3)
-        labels.setdefault((round(x[i], 6), round(y[i], 6)), []).append(r["optimizer"])
     fx, fy = zip(*sorted((x[i], y[i]) for i in front))
     ax.step(fx, fy, where="post", color="grey", ls="--", lw=1, label="Pareto front (filled markers)")
     if min(x) > 0 and max(x) / min(x) > 20:
         ax.set_xscale("log")
     ax.margins(x=0.18, y=0.08)
-    _place_labels(ax, [(px, py, " = ".join(names)) for (px, py), names in labels.items()])
+    _place_labels(ax, list(zip(x, y, rows["optimizer"], rows["metric_std"])))
     ax.set(xlabel=f"{label} ({unit})", ylabel=rows["metric_name"].iloc[0])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
