@@ -76,6 +76,12 @@ def microbench(session: nox.Session) -> None:
     run_in_env(session, "-m", "benchmarks.optimizer_ratios")
 
 
+@nox.session(venv_backend="none")
+def check(session: nox.Session) -> None:
+    """The regression gate: `optbench check` with the given arguments, e.g. `-- --candidate NAME --plugin FILE.py`."""
+    run_in_env(session, "-m", "optbench", "check", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole project."""
