@@ -673,9 +673,9 @@ def plot_memory_breakdown(task: str, rows: pd.DataFrame, path: Path) -> Path | N
     for y, (_, r) in enumerate(rows.iterrows()):
         ax.text(left.loc[r.name], y, f"  {fmt_bytes(r['peak_bytes'])}", va="center", fontsize=8)
     ax.set_xlim(0, left.max() * 1.18)
-    ax.set(xlabel=f"tracked peak memory ({unit})", title=f"{task}: peak memory by category (memory pass)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(rows)),
-              ncol=len(MEMORY_CATEGORIES), frameon=False)
+    ax.set_xlabel(f"tracked peak memory ({unit})")
+    ax.set_title(f"{task}: peak memory by category (memory pass)", pad=22)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(MEMORY_CATEGORIES), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
