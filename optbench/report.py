@@ -380,6 +380,7 @@ def _header(runs: pd.DataFrame, ctx: ReportContext) -> list[str]:
 def _task_rows(rows: pd.DataFrame, methods: dict[str, str]) -> list[dict]:
     metric = rows["metric_name"].iloc[0]
     show_cuda = bool(rows["cuda_max_allocated"].notna().any())  # allocator figure, CUDA runs only
+    direction = "higher is better" if rows["higher_is_better"].iloc[0] else "lower is better"
     out = []
     for _, r in rows.iterrows():
         baseline = r["optimizer"] == BASELINE
@@ -387,7 +388,7 @@ def _task_rows(rows: pd.DataFrame, methods: dict[str, str]) -> list[dict]:
         out.append({
             "optimizer": r["optimizer"], "lr": lr,
             f"{metric} (mean ± std)": fmt_metric(r["metric_mean"], r["metric_std"], r["metric_n"]),
-            "Δ vs AdamW": "baseline" if baseline else _fmt(r["delta_vs_adamw"], "+.4f"),
+            f"Δ vs AdamW ({direction})": "baseline" if baseline else _fmt(r["delta_vs_adamw"], "+.4f"),
             "state (exact)": fmt_bytes(r["optimizer_state_bytes"]),
             "state % AdamW": _fmt(r["state_pct_of_adamw"], ".1f", "%"),
             "peak (tracked)": fmt_bytes(r["peak_bytes"]),
