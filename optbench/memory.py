@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType, _UpdateType
 
 from optbench.state import iter_tensors, optimizer_state_bytes, state_tensors
 
@@ -102,26 +102,50 @@ def to_record(report: MemoryReport) -> dict[str, Any]:
 
 
 class _PeakTracker(MemTracker):
-    """MemTracker that also remembers which storages were live at the device's peak."""
+    """MemTracker that knows which storages were live at the device's peak.
+
+    Every storage gets a birth and a death time on a clock that ticks at each change of the
+    snapshot; the storages live at the peak are those born at or before the peak's tick and
+    not dead by then. MemTracker's own per-module peak snapshots are skipped: they cost a
+    pass over every module at every op, which dominated the run time of large models.
+    """
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
         self._device_of_interest = device
-        self.peak_live: list[Any] = []  # the _WeakRefInfo records live at the peak
+        self._clock = 0
+        self._peak_clock = 0
+        self._born: list[Any] = []  # every _WeakRefInfo ever counted, in birth order
 
-    def _live(self) -> list[Any]:
-        return [winfo for winfo, _ in self._WINFO.values() if winfo.device == self._device_of_interest]
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:  # noqa: ANN001
+        super()._update_snap(u_type, winfo, old_mem_consumed=old_mem_consumed, old_reftype=old_reftype)
+        self._clock += 1
+        if u_type == _UpdateType.ADD:
+            winfo.optbench_born, winfo.optbench_died = self._clock, None
+            self._born.append(winfo)
+        elif u_type == _UpdateType.DEL:
+            winfo.optbench_died = self._clock
 
     def _update_peak_stats(self, peak_state) -> None:  # noqa: ANN001 - MemTracker's signature
-        before = self._peak_mem.get(self._device_of_interest, 0)
-        super()._update_peak_stats(peak_state)
-        if self._peak_mem.get(self._device_of_interest, 0) > before:
-            self.peak_live = self._live()
+        dev = self._device_of_interest
+        snap = self._curr_mem_snap.get(dev)
+        total = snap[_TOTAL_KEY] if snap else 0
+        if total > self._peak_mem.get(dev, 0):
+            self._peak_mem[dev] = total
+            self._peak_mem_snap[dev] = dict(snap)
+            self._peak_clock = self._clock
 
     def __enter__(self) -> _PeakTracker:
         super().__enter__()
-        self.peak_live = self._live()
+        self._peak_clock = self._clock
         return self
+
+    @property
+    def peak_live(self) -> list[Any]:
+        """The storage records live at the peak, on the device of interest."""
+        t = self._peak_clock
+        return [w for w in self._born if w.device == self._device_of_interest and w.optbench_born <= t
+                and (w.optbench_died is None or w.optbench_died > t)]
 
     def track_as(self, reftype: _MemRefType, tensors: Iterable[torch.Tensor]) -> set[int]:
         """File ``tensors`` under ``reftype`` (tracking them if new); return their records' ids."""
@@ -177,6 +201,17 @@ def _tracked_run(model, optimizer, batches, loss_fn, steps, device, autocast_dty
             del batch, loss
             state_ids |= tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
             tracker.reset_mod_stats()  # MemTracker refuses a second forward of a root module otherwise
+    method = (
+        f"torch MemTracker (tensor-level, {device.type}), peak over steps 1-{len(batches)}; "
+        "breakdown at the peak, tensors filed by final role; params include buffers, "
+        "activations include the input batch"
+    )
+    return _report(tracker, state_ids, optimizer, device, method)
+
+
+def _report(tracker: _PeakTracker, state_ids: set[int], optimizer: torch.optim.Optimizer, device: torch.device,
+            method: str) -> MemoryReport:
+    """The tracker's peak with its breakdown: storages live at the peak, filed by their final role."""
     raw = dict.fromkeys(list(_RAW_NAMES.values()) + ["optimizer_scratch"], 0)
     for winfo in tracker.peak_live:
         name = _RAW_NAMES[winfo.reftype]
@@ -189,13 +224,33 @@ def _tracked_run(model, optimizer, batches, loss_fn, steps, device, autocast_dty
         by_cat[_FOLD[name]] += nbytes
     if sum(by_cat.values()) != peak:  # every live storage is filed once; a mismatch is a tracking bug
         raise RuntimeError(f"MemTracker breakdown {by_cat} does not add up to its peak {peak}")
-    method = (
-        f"torch MemTracker (tensor-level, {device.type}), peak over steps 1-{len(batches)}; "
-        "breakdown at the peak, tensors filed by final role; params include buffers, "
-        "activations include the input batch"
-    )
     return MemoryReport(peak_bytes=peak, peak_by_category=by_cat, method=method, raw_by_category=raw,
                         optimizer_state_bytes=optimizer_state_bytes(optimizer), device=str(device))
+
+
+def measure_optimizer_steps(model: nn.Module, optimizer: torch.optim.Optimizer, *, steps: int = 2) -> MemoryReport:
+    """Peak of ``steps`` calls of ``optimizer.step()`` alone, as right after a backward pass.
+
+    Every trainable parameter without a gradient gets a zero one first (``zeros_like``, the
+    parameter's dtype). No forward or backward runs: this is the optimizer's share of a
+    training step (its lazily created state and its step scratch), which
+    :mod:`optbench.project` adds to a forward/backward measured once per model.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    device = model_device(model)
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+    tracker = _PeakTracker(device)
+    tracker.track_external(model)  # params, buffers and their gradients
+    state_ids = tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
+    with tracker:
+        for _ in range(steps):
+            optimizer.step()
+            state_ids |= tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
+    method = f"torch MemTracker (tensor-level, {device.type}), {steps} optimizer steps with every gradient present"
+    return _report(tracker, state_ids, optimizer, device, method)
 
 
 def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import optbench.memory as memory
-from optbench.memory import CATEGORIES, measure_training_memory, to_record
+from optbench.memory import CATEGORIES, measure_optimizer_steps, measure_training_memory, to_record
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes, param_bytes
 
@@ -170,3 +170,15 @@ def test_autocast_bf16_runs_and_reports():
                                      autocast_dtype=torch.bfloat16)
     # bf16 casts of the fp32 weights are activations/temporaries, never params
     assert report.peak_by_category["params"] == param_bytes(model.parameters())
+
+
+def test_optimizer_steps_alone_show_state_and_step_scratch():
+    model = mlp()
+    opt = build("adamw", model, impl="foreach")
+    report = measure_optimizer_steps(model, opt, steps=2)
+    p, s = param_bytes(model.parameters()), optimizer_state_bytes(opt)
+    cat = report.peak_by_category
+    assert cat["grads"] == p  # a zero gradient per parameter, as after backward
+    assert cat["optimizer"] == s > 0
+    assert cat["temporaries"] == p  # foreach AdamW's one parameter-size of scratch
+    assert report.peak_bytes == 3 * p + s

@@ -1,0 +1,107 @@
+"""``optbench project``: optimizer state and peak training memory at scale, without allocating it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+from tabulate import tabulate
+
+from optbench import project as proj
+from optbench.commands._common import add_plugin_argument, command_line, csv_list, load_plugins
+
+HELP = "project optimizer state and peak training memory for a model at scale, on fake tensors (no memory)"
+ALL_BUILTIN = "builtin"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=csv_list, metavar="NAME[,NAME..]",
+                        help=f"built-in shape ({', '.join(proj.SHAPES)}), '{ALL_BUILTIN}' for all of them, "
+                             "task:NAME, a torchvision model name, or module:factory")
+    parser.add_argument("--optimizers", type=csv_list, default=None, metavar="O,..",
+                        help="optimizers to project (default: every registered one); adamw is always added as "
+                             "the ratio baseline")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the shape's own)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (language models)")
+    parser.add_argument("--dtype", choices=sorted(proj.DTYPES), default="fp32",
+                        help="dtype of parameters, gradients and activations (default fp32)")
+    parser.add_argument("--preset", default="smoke", help="preset whose batches a task:NAME model uses")
+    parser.add_argument("--steps", type=int, default=proj.DEFAULT_STEPS,
+                        help=f"optimizer steps per projection (default {proj.DEFAULT_STEPS})")
+    parser.add_argument("--full-steps", action="store_true",
+                        help="track whole training steps per optimizer instead of one shared forward/backward "
+                             "(slower)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--out", default=None, metavar="FILE.md", help="also write the tables as markdown")
+    parser.add_argument("--command", default=None, help="the command named in the markdown header "
+                                                        "(default: this command line)")
+    add_plugin_argument(parser)
+
+
+def _models(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        out.extend(proj.SHAPES if name == ALL_BUILTIN else [name])
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    load_plugins(args)
+    projections = []
+    started = time.perf_counter()
+    for name in _models(args.model):
+        workload = proj.resolve_workload(name, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+                                         preset=args.preset)
+        t0 = time.perf_counter()
+        projection = proj.project(
+            workload, args.optimizers, steps=args.steps, full_steps=args.full_steps,
+            progress=None if args.json else lambda n, m=name: print(f"  {m}: {n}", file=sys.stderr, flush=True),
+        )
+        projection.notes.append(f"projected in {time.perf_counter() - t0:.0f} s wall")
+        projections.append(projection)
+    if args.json:
+        print(json.dumps({"legend": proj.METHOD_LEGEND, "projections": [p.to_dict() for p in projections]},
+                         indent=1, default=str))
+    else:
+        for p in projections:
+            print(proj.summary_line(p))
+            print(tabulate(proj.table_rows(p), headers=proj.TABLE_HEADERS))
+            print()
+        print(proj.METHOD_LEGEND)
+    if args.out:
+        command = args.command or command_line("project")
+        with open(args.out, "w") as fh:
+            fh.write(markdown(projections, command, time.perf_counter() - started))
+        if not args.json:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def markdown(projections: list[proj.Projection], command: str, wall_s: float) -> str:
+    """The projections as a markdown page whose header names the command that wrote it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Memory projection",
+        "",
+        f"Written by `{command}` on {stamp} (torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{wall_s:.0f} s wall on a shared machine).",
+        "",
+        "Every model is built on fake tensors (`FakeTensorMode`: shapes and dtypes, no memory) and each "
+        "optimizer runs through its registered spec with its default hyperparameters. Ratios are to AdamW.",
+        "",
+        proj.METHOD_LEGEND,
+        "",
+    ]
+    for p in projections:
+        lines += [f"## {p.model}", "", proj.summary_line(p) + ".", ""]
+        if p.roles:
+            lines += [f"Parameter roles ({p.roles.get('source')}): "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(p.roles.get("counts", {}).items())) + ".", ""]
+        lines += [tabulate(proj.table_rows(p), headers=proj.TABLE_HEADERS, tablefmt="github"), ""]
+        lines += [f"- {note}" for note in p.notes] + [""]
+    return "\n".join(lines)
