@@ -698,8 +698,9 @@ def project_optimizer(workload: Workload, name: str, *, steps: int = DEFAULT_STE
         return ProjectionRow(name, "ok", state, peak, by_cat, f"state: measured; peak: {how}",
                              formula_state_bytes=formula, note=note)
     if formula is None:
-        return ProjectionRow(name, "error", note=f"did not run on fake tensors ({failure}); "
-                                                  f"spec formula failed too ({formula_error})")
+        same = formula_error is not None and formula_error in failure
+        return ProjectionRow(name, "error", note=f"did not run on fake tensors ({failure})"
+                                                  + ("" if same else f"; spec formula failed too ({formula_error})"))
     base = get_stateless()
     by_cat = {**base.peak_by_category, "optimizer": base.peak_by_category["optimizer"] + formula}
     return ProjectionRow(name, "ok", formula, base.peak_bytes + formula, by_cat, "state: formula; peak: estimate",
