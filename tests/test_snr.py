@@ -193,6 +193,6 @@ def test_study_all_smoke_writes_tables_and_plots(tmp_path):
     for name in ("alpha", "criterion", "proxy", "lr", "cost", "curves"):
         for ext in ("md", "csv", "png"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 0, (name, ext)
-    assert (tmp_path / "criterion_matched.csv").exists()
+    assert (tmp_path / "criterion_matched.csv").exists() and (tmp_path / "seeds.csv").exists()
     curves = (tmp_path / "curves.csv").read_text()
     assert "AdamW" in curves and "SlimAdam (static rules)" in curves and "SlimAdam (SNR rules" in curves

@@ -1,6 +1,6 @@
 """``optbench study NAME``: the SNR studies reviewers asked of SlimAdam, as tables and plots.
 
-Studies (each writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` under ``--out``):
+Studies (each writes ``<name>.md``, ``<name>.csv`` and, but for ``seeds``, ``<name>.png`` under ``--out``):
 
 - ``alpha``: rules at several alphas from one proxy trace; second-moment memory saved vs final metric.
 - ``criterion``: snr vs variance vs relerr (see optbench/snr.py for their thresholds) at matched
@@ -11,6 +11,8 @@ Studies (each writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` under ``--
   memory saved, final metric.
 - ``cost``: the proxy run (steps, seconds, Adam state and peak bytes) beside what SlimAdam saves.
 - ``curves``: loss-vs-step of AdamW, SlimAdam (static rules) and SlimAdam (SNR rules) per task.
+- ``seeds``: AdamW and SlimAdam (SNR rules) at seeds 0, 1, 2 per task: the seed-to-seed spread
+  that the single-seed differences of the other studies must be read against.
 
 Every SlimAdam run uses the task's AdamW learning rate (SlimAdam is meant as a drop-in with no
 lr retuning), so rule sets are compared at one lr. A rule set that appears in several studies
@@ -33,7 +35,7 @@ from typing import Any
 from optbench import registry, snr
 
 HELP = "SNR studies for SlimAdam: alpha, criterion, proxy, lr, cost, curves (or all)"
-STUDIES = ("alpha", "criterion", "proxy", "lr", "cost", "curves")
+STUDIES = ("alpha", "criterion", "proxy", "lr", "cost", "curves", "seeds")
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 LR_SCALES = (0.03, 0.1, 0.3, 1.0)
 DEFAULT_TASKS = {  # the two-task studies use one vision and one language task to stay cheap
@@ -43,7 +45,9 @@ DEFAULT_TASKS = {  # the two-task studies use one vision and one language task t
     "lr": ("digits-mlp", "topics-gpt"),
     "cost": None,  # None = every registered CPU task
     "curves": None,
+    "seeds": None,
 }
+NOISE_SEEDS = (0, 1, 2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,21 +97,22 @@ class Context:
         return self.traces[key]
 
     def train(self, task: str, optimizer: str = "slimadam", rules: Mapping[str, Any] | None = None,
-              measure_memory: bool = False) -> dict:
+              measure_memory: bool = False, seed: int | None = None) -> dict:
         """A run record; SlimAdam variants and AdamW all at the task's AdamW lr."""
         from optbench.runner import run_one
 
+        seed = self.seed if seed is None else seed
         canon = None if rules is None else json.dumps(snr.load_rules(rules), sort_keys=True)
-        key = (task, optimizer, canon, measure_memory)
-        if not measure_memory and (task, optimizer, canon, True) in self.runs:
-            return self.runs[(task, optimizer, canon, True)]  # a measured run serves unmeasured requests
+        key = (task, optimizer, canon, measure_memory, seed)
+        if not measure_memory and (task, optimizer, canon, True, seed) in self.runs:
+            return self.runs[(task, optimizer, canon, True, seed)]  # a measured run serves unmeasured requests
         if key not in self.runs:
             hparams: dict[str, Any] = {"lr": adamw_lr(task, self.preset)}
             if rules is not None:
                 hparams["rules"] = snr.load_rules(rules)
             tag = "" if rules is None else f" (rules {zlib.crc32(canon.encode()):08x})"
-            self.log(f"  train {task} / {optimizer}{tag}")
-            record = run_one(task, optimizer, hparams=hparams, seed=self.seed, preset=self.preset,
+            self.log(f"  train {task} / {optimizer}{tag}" + (f" seed {seed}" if seed != self.seed else ""))
+            record = run_one(task, optimizer, hparams=hparams, seed=seed, preset=self.preset,
                              measure_memory_pass=measure_memory)
             if record["status"] == "error":
                 raise RuntimeError(f"{task} / {optimizer} failed: {record['error']}")
@@ -338,6 +343,23 @@ def study_curves(ctx: Context, tasks: Sequence[str]) -> list[dict]:
     return rows
 
 
+def study_seeds(ctx: Context, tasks: Sequence[str]) -> list[dict]:
+    """Final metric of AdamW and of SlimAdam with the SNR rules at three seeds (rules fixed)."""
+    import statistics
+
+    rows = []
+    for task in tasks:
+        rules, source = snr_rules_for(ctx, task)
+        for label, kwargs in (("AdamW", {"optimizer": "adamw"}), (f"SlimAdam (SNR rules, {source})",
+                                                                 {"rules": rules})):
+            values = [metric(ctx.train(task, seed=s, **kwargs)) for s in NOISE_SEEDS]
+            rows.append({"task": task, "optimizer": label, **{f"seed_{s}": v for s, v in zip(NOISE_SEEDS, values,
+                                                                                             strict=True)},
+                         "mean": statistics.fmean(values), "std": statistics.stdev(values),
+                         "range": max(values) - min(values)})
+    return rows
+
+
 def _static_saving(trace: snr.ProxyTrace) -> float:
     """Second-moment share the role-based static rules (the paper's Table 1) save on this model."""
     from optbench.model_info import ModelInfo
@@ -551,12 +573,12 @@ def run(args: argparse.Namespace) -> int:
         write_table(rows, out, name, drop=drop)
         if name == "criterion":
             write_table(matched_criteria(rows), out, "criterion_matched")
-        print(f"  wrote {out / name}.md, .csv, .png")
+        print(f"  wrote {out / name}.md, .csv" + (", .png" if name != "seeds" else ""))
     print(f"done in {time.perf_counter() - start:.0f} s; {len(ctx.traces)} proxy runs, {len(ctx.runs)} training runs")
     return 0
 
 
 STUDY_FUNCS: dict[str, Callable[[Context, Sequence[str]], list[dict]]] = {
     "alpha": study_alpha, "criterion": study_criterion, "proxy": study_proxy, "lr": study_lr,
-    "cost": study_cost, "curves": study_curves,
+    "cost": study_cost, "curves": study_curves, "seeds": study_seeds,
 }
