@@ -413,14 +413,18 @@ def _plot_metric_vs_saved(ctx: Context, rows: Sequence[dict], name: str, series:
             pts = sorted((100 * r["v_saved"], r["metric"], r["alpha"]) for r in task_rows if r[series] == crit)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[crit], ls="", alpha=0.8,
                     label=crit if name == "criterion" else "SNR rules")
-            if label:
+            if label:  # one label per point: the alphas that gave the same rules
+                grouped: dict[tuple[float, float], list[float]] = {}
                 for x, y, a in pts:
-                    ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+                    grouped.setdefault((x, y), []).append(a)
+                for (x, y), alist in grouped.items():
+                    ax.annotate("alpha " + ", ".join(f"{a:g}" for a in alist), (x, y), textcoords="offset points",
+                                xytext=(-4, 5), ha="right" if x > 50 else "left", fontsize=7)
         ax.set_title(task)
         ax.set_xlabel("second-moment entries saved (%)")
         ax.set_ylabel(f"final {base['metric_name']}")
         ax.legend(fontsize=7)
-    title = {"alpha": "SNR rules at several alpha (labels)", "criterion": "criteria at alphas "
+    title = {"alpha": "SNR rules at several alpha", "criterion": "criteria at alphas "
              + ", ".join(f"{a:g}" for a in ctx.criterion_alphas)}[name]
     fig.suptitle(f"{title}; {ctx.preset} preset, seed {ctx.seed}", fontsize=9)
     fig.tight_layout()
