@@ -1,7 +1,7 @@
 """digits-vit: a tiny vision transformer on scikit-learn's 8x8 handwritten digits.
 
-Model (tasks/_transformer.py ViT): 2x2 patches -> 16 tokens + a class token, d_model 64,
-4 heads, 3 blocks, MLP 256, LayerNorm, linear classifier; about 152k parameters. The patch
+Model (tasks/_transformer.py ViT): 2x2 patches -> 16 tokens, d_model 64, 4 heads, 3
+blocks, MLP 256, LayerNorm, mean pooling, linear classifier; about 152k parameters. The patch
 embedding is a strided conv (role ``conv_in``, the vision first layer). Metric: test
 accuracy on the fixed 360-image split (tasks/_digits.py).
 

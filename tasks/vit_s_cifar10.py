@@ -1,7 +1,7 @@
 """vit-s-cifar10 (GPU tier): a ViT-S/4 trained from scratch on CIFAR-10.
 
-Model (tasks/_transformer.py ViT): 4x4 patches of the 32x32 image -> 64 tokens + a class
-token, d_model 384, 6 heads, 12 blocks, MLP 1536 (ViT-S widths); 21.3M parameters. Data:
+Model (tasks/_transformer.py ViT): 4x4 patches of the 32x32 image -> 64 tokens (mean-pooled
+before the classifier), d_model 384, 6 heads, 12 blocks, MLP 1536 (ViT-S widths); 21.3M parameters. Data:
 CIFAR-10 from the ``data_dir`` option, random crop + flip (tasks/cifar10_data.py). Metric:
 accuracy on the 10,000 test images. bf16 autocast on CUDA; gradient clipping at 1.0.
 
