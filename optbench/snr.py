@@ -490,6 +490,8 @@ def rules_document(trace: ProxyTrace, rules: Mapping[str, list[int] | None], *, 
         "_seed": trace.seed,
         "_v_saved_share": round(saving["v_saved_share"], 6),
         "_state_saved_share": round(saving["state_saved_share"], 6),
+        # the shapes the rules were derived on: a changed model makes the file stale (tests check this)
+        "_shapes": {p.name: list(p.shape) for p in trace.params},
     })
     return doc
 

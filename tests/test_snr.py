@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,18 @@ def test_study_all_smoke_writes_tables_and_plots(tmp_path):
     assert (tmp_path / "criterion_matched.csv").exists() and (tmp_path / "seeds.csv").exists()
     curves = (tmp_path / "curves.csv").read_text()
     assert "AdamW" in curves and "SlimAdam (static rules)" in curves and "SlimAdam (SNR rules" in curves
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "optimizers" / "rules").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_committed_rules_match_the_current_task_model(path):
+    """A rules file derived on an older version of the model is stale: regenerate it with its _command."""
+    from optbench.registry import get_task
+
+    doc = json.loads(path.read_text())
+    inst = get_task(doc["_task"]).instantiate("smoke", 0, "cpu")
+    shapes = {n: list(p.shape) for n, p in inst.model.named_parameters() if p.requires_grad}
+    assert doc["_task"] == path.stem
+    assert doc["_shapes"] == shapes, f"stale rules: regenerate with `{doc['_command']}`"
+    assert set(snr.load_rules(doc)) == set(shapes)
+    assert doc["_command"].startswith(f"optbench snr --task {path.stem} ")

@@ -164,8 +164,10 @@ def metric(record: dict) -> float:
     return math.nan if value is None else float(value)
 
 
-def _roles(trace: snr.ProxyTrace) -> dict[str, str]:
-    return {p.name: p.role for p in trace.params}
+def _roles(trace: snr.ProxyTrace, candidates_only: bool = True) -> dict[str, str]:
+    """Role per tensor; by default only tensors that have axis options (agreement over biases, norms
+    and 1-D tensors, which are never compressed, would be agreement by construction)."""
+    return {p.name: p.role for p in trace.params if not candidates_only or trace.options(p)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,12 +332,16 @@ def study_curves(ctx: Context, tasks: Sequence[str]) -> list[dict]:
         rules, source = snr_rules_for(ctx, task)
         snr_label = f"SlimAdam (SNR rules, {source})"
         snr_run = ctx.train(task, rules=rules)  # the same optimizer slimadam-snr builds from the committed file
+        static = _static_rules(trace)
         runs = {"AdamW": (ctx.train(task, "adamw"), 0.0),
-                "SlimAdam (static rules)": (ctx.train(task, "slimadam"), _static_saving(trace)),
+                "SlimAdam (static rules)": (ctx.train(task, "slimadam"),
+                                            snr.memory_saving(trace.params, static)["v_saved_share"]),
                 snr_label: (snr_run, snr.memory_saving(trace.params, rules)["v_saved_share"])}
+        agreement = snr.rules_agreement(static, rules, _roles(trace))
         for label, (rec, saved) in runs.items():
             rows.append({"task": task, "optimizer": label, "final_train_loss": rec["metrics"]["final_train_loss"],
                          "metric": metric(rec), "metric_name": rec["metrics"]["metric_name"], "v_saved": saved,
+                         "snr_axes_agree_with_static": agreement["_all"] if label == snr_label else math.nan,
                          "optimizer_state_bytes": rec["memory"]["optimizer_state_bytes"],
                          "train_curve": json.dumps(rec["curve"]["train"]),
                          "eval_curve": json.dumps(rec["curve"]["eval"])})
@@ -360,14 +366,13 @@ def study_seeds(ctx: Context, tasks: Sequence[str]) -> list[dict]:
     return rows
 
 
-def _static_saving(trace: snr.ProxyTrace) -> float:
-    """Second-moment share the role-based static rules (the paper's Table 1) save on this model."""
+def _static_rules(trace: snr.ProxyTrace) -> dict[str, list[int] | None]:
+    """The role-based static rules (the paper's Table 1, as optimizers/slimadam.py applies them)."""
     from optbench.model_info import ModelInfo
     from optimizers.slimadam import static_rules
 
-    axes = static_rules(ModelInfo(roles=_roles(trace)), {p.name: p.shape for p in trace.params})
-    return snr.memory_saving(trace.params, {k: (None if v is None else list(v)) for k, v in axes.items()})[
-        "v_saved_share"]
+    axes = static_rules(ModelInfo(roles=_roles(trace, candidates_only=False)), {p.name: p.shape for p in trace.params})
+    return {k: (None if v is None else list(v)) for k, v in axes.items()}
 
 
 def _rules_row(task: str, criterion: str, alpha: float, trace: snr.ProxyTrace, rules: Mapping, rec: dict,
