@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._defaults import default_lrs
 from tasks._digits import accuracy_eval, cross_entropy, digits, epoch_batches
 
 WIDTH = 32
@@ -99,6 +100,6 @@ SPEC = register_task(
             "gpu": Budget(steps=150, batch_size=32, eval_every=50, target=0.95, log_every=10),
         },
         setup=setup,
-        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.05},
+        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
     )
 )

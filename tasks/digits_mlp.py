@@ -13,6 +13,7 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info, get_model_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._defaults import default_lrs
 from tasks._digits import accuracy_eval, cross_entropy, digits, epoch_batches
 
 HIDDEN = 256
@@ -59,6 +60,6 @@ SPEC = register_task(
             "gpu": Budget(steps=600, batch_size=64, eval_every=100, target=0.95, log_every=10),
         },
         setup=setup,
-        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.05},
+        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
     )
 )

@@ -16,6 +16,7 @@ import torch
 from optbench.model_info import get_model_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._defaults import default_lrs
 from tasks._digits import accuracy_eval, cross_entropy, digits, epoch_batches
 from tasks._transformer import ViT, with_info
 
@@ -55,6 +56,6 @@ SPEC = register_task(
             "gpu": Budget(steps=200, batch_size=32, eval_every=50, target=0.9, log_every=10),
         },
         setup=setup,
-        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.05},
+        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
     )
 )

@@ -16,6 +16,7 @@ import torch
 from optbench.model_info import get_model_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._defaults import default_lrs
 from tasks._text import VOCAB, bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
 from tasks._transformer import GPT, with_info
 
@@ -58,7 +59,7 @@ SPEC = register_task(
             "gpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
         },
         setup=setup,
-        default_lrs={"adamw": 1e-3, "adam": 1e-3, "sgd": 0.3},
+        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.3),
         options=("text_file",),
     )
 )

@@ -20,6 +20,7 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
+from tasks._defaults import default_lrs
 from tasks._text import VOCAB, bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
 
 D_EMBED, HIDDEN, N_LAYERS, CONTEXT = 64, 192, 2, 64
@@ -82,7 +83,7 @@ SPEC = register_task(
             "gpu": Budget(steps=100, batch_size=16, eval_every=25, target=4.5, log_every=5),
         },
         setup=setup,
-        default_lrs={"adamw": 3e-3, "adam": 3e-3, "sgd": 1.0},
+        default_lrs=default_lrs(adamw_lr=3e-3, sgd_lr=1.0),
         options=("text_file",),
     )
 )

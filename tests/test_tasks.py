@@ -174,3 +174,13 @@ def test_same_seed_same_batches_and_init(name, tmp_path):
     sa, sb, sc = (m.model.state_dict() for m in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_default_lrs_name_registered_optimizers(name):
+    from optbench.registry import optimizers
+
+    spec = tasks()[name]
+    assert set(spec.default_lrs) <= set(optimizers()), set(spec.default_lrs) - set(optimizers())
+    assert all(lr > 0 for lr in spec.default_lrs.values())
+    assert {"adamw", "sgd"} <= set(spec.default_lrs)
