@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
 from optbench.registry import register_task
@@ -30,6 +28,10 @@ SMOKE_TEST_IMAGES = 64
 
 
 def build_model(small: bool = False) -> nn.Module:
+    # Imported here so that a missing torchvision marks this task unavailable instead of breaking `import tasks`.
+    from torchvision.models import resnet18
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10) if small else resnet18(num_classes=10)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
