@@ -117,8 +117,10 @@ def test_derive_rules_averages_over_steps_and_never_compresses_norms():
 @pytest.fixture(scope="module")
 def smoke_outputs(tmp_path_factory):
     out = tmp_path_factory.mktemp("snr")
-    code = main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "12", "--every", "5",
+    threads = torch.get_num_threads()  # --threads sets it process-wide; restore it for other tests
+    code = main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "12", "--every", "5", "--threads", "1",
                  "--out", str(out), "--rules-out", str(out / "rules" / "digits-mlp.json")])
+    torch.set_num_threads(threads)
     return code, out
 
 
