@@ -191,8 +191,11 @@ def test_study_matches_criteria_by_memory_saved():
 
 @pytest.mark.slow
 def test_study_all_smoke_writes_tables_and_plots(tmp_path):
-    assert main(["study", "all", "--preset", "smoke", "--tasks", "digits-mlp", "--alphas", "0.5,2",
-                 "--criterion-alphas", "0.1,1", "--lr-scales", "0.1,1", "--out", str(tmp_path)]) == 0
+    threads = torch.get_num_threads()
+    code = main(["study", "all", "--preset", "smoke", "--tasks", "digits-mlp", "--alphas", "0.5,2",
+                 "--criterion-alphas", "0.1,1", "--lr-scales", "0.1,1", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    assert code == 0
     for name in ("alpha", "criterion", "proxy", "lr", "cost", "curves"):
         for ext in ("md", "csv", "png"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 0, (name, ext)
