@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 from torch.nn import functional as F
 
 from optbench import registry
@@ -574,6 +574,8 @@ def fake_world(dtype: torch.dtype):
 
 
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, DataDependentOutputException):
+        return f"it reads a tensor's value ({exc.func}, e.g. .item()), which fake tensors do not have"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:160]}"
 
@@ -766,7 +768,7 @@ def human(nbytes: int | None) -> str:
 
 
 def _ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+    return "-" if x is None else f"{x:.3g}"
 
 
 TABLE_HEADERS = ["optimizer", "state", "state/AdamW", "peak", "peak/AdamW", "params", "grads", "optimizer",

@@ -200,7 +200,9 @@ def test_cli_json_and_usage_errors(capsys, tmp_path):
     assert [r["optimizer"] for r in projection["rows"]] == ["adamw", "sgd"]
     assert projection["n_params"] == 85_002
     text = out.read_text()
-    assert "Written by `nox -s projection`" in text and "| optimizer" in text
+    assert ("Written by `nox -s projection`, which runs `optbench project --model task:digits-mlp --optimizers sgd "
+            f"--preset smoke --out {out}`") in text
+    assert "--command" not in text and "| optimizer" in text
     assert main(["project", "--model", "nosuchmodel"]) == 2
     assert "unknown model 'nosuchmodel'" in capsys.readouterr().err
 

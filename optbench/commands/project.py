@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ import torch
 from tabulate import tabulate
 
 from optbench import project as proj
-from optbench.commands._common import add_plugin_argument, command_line, csv_list, load_plugins
+from optbench.commands._common import add_plugin_argument, csv_list, load_plugins
 
 HELP = "project optimizer state and peak training memory for a model at scale, on fake tensors (no memory)"
 ALL_BUILTIN = "builtin"
@@ -38,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(slower)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--out", default=None, metavar="FILE.md", help="also write the tables as markdown")
-    parser.add_argument("--command", default=None, help="the command named in the markdown header "
-                                                        "(default: this command line)")
+    parser.add_argument("--command", default=None, help="the outer command (e.g. a nox session) to name in the "
+                                                        "markdown header besides this command line")
     add_plugin_argument(parser)
 
 
@@ -74,21 +75,41 @@ def run(args: argparse.Namespace) -> int:
             print()
         print(proj.METHOD_LEGEND)
     if args.out:
-        command = args.command or command_line("project")
         with open(args.out, "w") as fh:
-            fh.write(markdown(projections, command, time.perf_counter() - started))
+            fh.write(markdown(projections, canonical_command(args), time.perf_counter() - started, outer=args.command))
         if not args.json:
             print(f"wrote {args.out}")
     return 0
 
 
-def markdown(projections: list[proj.Projection], command: str, wall_s: float) -> str:
+def canonical_command(args: argparse.Namespace) -> str:
+    """This projection as an ``optbench project`` command line, rebuilt from the parsed arguments."""
+    words = ["optbench", "project", "--model", ",".join(args.model)]
+    if args.optimizers:
+        words += ["--optimizers", ",".join(args.optimizers)]
+    for flag, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len)):
+        if value is not None:
+            words += [flag, str(value)]
+    if args.dtype != "fp32":
+        words += ["--dtype", args.dtype]
+    if any(m.startswith("task:") for m in args.model):
+        words += ["--preset", args.preset]
+    if args.steps != proj.DEFAULT_STEPS:
+        words += ["--steps", str(args.steps)]
+    if args.full_steps:
+        words.append("--full-steps")
+    words += [f"--plugin={p}" for p in args.plugin] + ["--out", args.out]
+    return shlex.join(words)
+
+
+def markdown(projections: list[proj.Projection], command: str, wall_s: float, outer: str | None = None) -> str:
     """The projections as a markdown page whose header names the command that wrote it."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Memory projection",
         "",
-        f"Written by `{command}` on {stamp} (torch {torch.__version__}, Python {platform.python_version()}, "
+        f"Written by `{outer}`, which runs `{command}`," if outer else f"Written by `{command}`",
+        f"on {stamp} (torch {torch.__version__}, Python {platform.python_version()}, "
         f"{wall_s:.0f} s wall on a shared machine).",
         "",
         "Every model is built on fake tensors (`FakeTensorMode`: shapes and dtypes, no memory) and each "
