@@ -5,8 +5,9 @@ residual block down to 64 channels (4x4, 1x1-conv shortcut), global average pool
 linear classifier; about 77k parameters. Metric: test accuracy on the fixed 360-image split
 (tasks/_digits.py).
 
-Under the ``cpu`` budget AdamW at lr 1e-3 reaches about RESULT_CPU
-(``python -m tasks.quick_train digits-cnn --preset cpu``).
+Under the ``cpu`` budget (100 steps, batch 32) AdamW at lr 1e-3, seed 0, reaches 0.989 test
+accuracy (0.972 at step 50; at lr 3e-3: 0.981), measured with
+``python -m tasks.quick_train digits-cnn --preset cpu [--lr 3e-3]``.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ SPEC = register_task(
         metric=Metric("accuracy", higher_is_better=True),
         budgets={
             "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=0.3, log_every=2),
-            "cpu": Budget(steps=150, batch_size=32, eval_every=50, target=0.95, log_every=10),
-            "gpu": Budget(steps=150, batch_size=32, eval_every=50, target=0.95, log_every=10),
+            "cpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.95, log_every=10),
+            "gpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.95, log_every=10),
         },
         setup=setup,
         default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),

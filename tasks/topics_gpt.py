@@ -5,8 +5,10 @@ untied LM head (see tasks/_transformer.py). Data: tasks/_text.py (last 10% held 
 user's own text with the ``text_file`` option. Metric: held-out bits per byte (lower is
 better); EvalResult.loss carries the same in nats per byte.
 
-Under the ``cpu`` budget AdamW at lr 3e-3 reaches about RESULT_CPU (measured with
-``python -m tasks.quick_train topics-gpt --preset cpu``).
+Under the ``cpu`` budget (100 steps of 8 x 128 bytes) AdamW at lr 1e-3, seed 0, reaches 4.13
+held-out bits per byte from 8.0 at initialisation (4.39 at step 50; train loss 2.74 nats at
+step 100). An earlier variant of this model did worse at lr 3e-3 (4.48) and 1e-2 (4.86).
+Measured with ``python -m tasks.quick_train topics-gpt --preset cpu``.
 """
 
 from __future__ import annotations
