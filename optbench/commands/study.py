@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=int, default=10, help="record V at step 1 and every this many steps")
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="alpha grid")
     parser.add_argument("--lr-scales", default=",".join(f"{s:g}" for s in LR_SCALES), help="proxy lr scales")
-    parser.add_argument("--criterion-alphas", default="0.015625,0.0625,0.25,1,4",
+    parser.add_argument("--criterion-alphas", default="0.015625,0.0625,0.25,1,2,4",
                         help="alpha grid of the criterion study (wide: the variance criterion needs small alpha)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine more threads oversubscribe; "
