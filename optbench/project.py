@@ -12,6 +12,16 @@ peak of the same steps with a stateless optimizer (SGD without momentum) plus th
 scratch memory of the optimizer step is then missing. The ``method`` of every row says
 which way each figure was obtained, and ``note`` says why.
 
+AdamW's default fused kernel has a fake-tensor implementation in torch (``_fused_adamw_``),
+so ``adamw`` is projected with the implementation its spec names; no fallback to the
+foreach or for-loop path (same state size) is needed.
+
+By default the forward/backward of a model is tracked once (with stateless SGD) and each
+optimizer's own steps are tracked apart, with every gradient present; the peak is the larger
+of the two pictures (``compose_peak``). ``--full-steps`` tracks whole training steps per
+optimizer instead; on gpt2-small and llama2-7b both give the same figures for adamw, lion,
+galore, smmf, microadam and adam-mini, and the composed way is several times faster.
+
 Models: built-in shapes (:data:`SHAPES`) with declared parameter roles; ``task:NAME`` (a
 registered task's model and batches, built for real on the CPU and then copied to fake
 tensors: meant for the small CPU-tier tasks); any torchvision model name; or an importable
