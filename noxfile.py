@@ -82,6 +82,13 @@ def check(session: nox.Session) -> None:
     run_in_env(session, "-m", "optbench", "check", *session.posargs)
 
 
+@nox.session(venv_backend="none")
+def projection(session: nox.Session) -> None:
+    """Memory projection of every optimizer on the built-in model shapes -> results/PROJECTION.md."""
+    run_in_env(session, "-m", "optbench", "project", "--model", "builtin", "--out", "results/PROJECTION.md",
+               "--command", "nox -s projection", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole project."""
