@@ -7,7 +7,7 @@ on the device (tasks/cifar10_data.py). Metric: accuracy on the 10,000 test image
 bf16 autocast on CUDA (``TaskInstance.autocast_dtype``).
 
 ``smoke`` only: a ResNet with one BasicBlock per stage (same architecture, fewer layers), a
-64-image test subset, and generated stand-in images when CIFAR-10 is absent; both are said
+32-image test subset, and generated stand-in images when CIFAR-10 is absent; both are said
 in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise ``MissingDataError``
 naming the download command otherwise. The CUDA path (autocast, device-side augmentation)
 was never run while this was written: no GPU was available.
@@ -24,7 +24,7 @@ from optbench.spec import Budget, Metric, Requirements, TaskInstance, TaskSpec
 from tasks import cifar10_data
 from tasks._defaults import default_lrs
 
-SMOKE_TEST_IMAGES = 64
+SMOKE_TEST_IMAGES = 32  # a ResNet forward on 32x32 costs ~0.25 GMAC per image even when shrunk
 
 
 def build_model(small: bool = False) -> nn.Module:
@@ -79,7 +79,7 @@ SPEC = register_task(
         description="ResNet-18 (3x3 stem, no max-pool) on CIFAR-10 with crop+flip, test accuracy",
         metric=Metric("accuracy", higher_is_better=True),
         budgets={
-            "smoke": Budget(steps=3, batch_size=8, eval_every=3, target=0.2, log_every=1),
+            "smoke": Budget(steps=3, batch_size=4, eval_every=3, target=0.2, log_every=1),
             "cpu": Budget(steps=100, batch_size=32, eval_every=50, target=0.3, log_every=10),
             "gpu": Budget(steps=2000, batch_size=256, eval_every=250, target=0.85, log_every=20),
         },
