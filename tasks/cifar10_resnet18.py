@@ -9,8 +9,10 @@ bf16 autocast on CUDA (``TaskInstance.autocast_dtype``).
 ``smoke`` only: a ResNet with one BasicBlock per stage (same architecture, fewer layers), a
 32-image test subset, and generated stand-in images when CIFAR-10 is absent; both are said
 in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise ``MissingDataError``
-naming the download command otherwise. The CUDA path (autocast, device-side augmentation)
-was never run while this was written: no GPU was available.
+naming the download command otherwise. The ``cpu`` budget (100 steps, batch 32) runs the
+full model on a CPU, to check a setup; it is not part of the CPU leaderboard. The CUDA path
+(autocast, device-side augmentation) and the ``gpu`` budget's target were never run or
+measured while this was written: no GPU was available.
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
 """vit-s-cifar10 (GPU tier): a ViT-S/4 trained from scratch on CIFAR-10.
 
 Model (tasks/_transformer.py ViT): 4x4 patches of the 32x32 image -> 64 tokens (mean-pooled
-before the classifier), d_model 384, 6 heads, 12 blocks, MLP 1536 (ViT-S widths); 21.3M parameters. Data:
-CIFAR-10 from the ``data_dir`` option, random crop + flip (tasks/cifar10_data.py). Metric:
-accuracy on the 10,000 test images. bf16 autocast on CUDA; gradient clipping at 1.0.
+before the classifier), d_model 384, 6 heads, 12 blocks, MLP 1536 (ViT-S widths); 21.3M
+parameters. Data: CIFAR-10 from the ``data_dir`` option, random crop + flip
+(tasks/cifar10_data.py). Metric: accuracy on the 10,000 test images. bf16 autocast on CUDA;
+gradient clipping at 1.0.
 
 ``smoke`` only: 2 blocks of width 64 with 2 heads (same architecture, narrower and
 shallower), a 64-image test subset, and generated stand-in images when CIFAR-10 is absent,
-all said in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data. The CUDA path and the
-``gpu`` budget's target were never run or measured while this was written (no GPU here).
+all said in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise
+``MissingDataError`` naming the download command otherwise. The ``cpu`` budget (100 steps,
+batch 32) runs the full model on a CPU, to check a setup; it is not part of the CPU
+leaderboard. The CUDA path and the ``gpu`` budget's target were never run or measured while
+this was written (no GPU here).
 """
 
 from __future__ import annotations
