@@ -17,18 +17,23 @@ from typing import Any
 from tabulate import tabulate
 
 from optbench import registry
-from optbench.lrs import TUNED_LRS_PATH, _load, resolve_lr
+from optbench.lrs import TUNED_LRS_PATH, _load
 from optbench.runner import make_cells, run_grid
 
 
 def candidate_lrs(task: str, optimizer: str, preset: str, lrs: Sequence[float] | None,
                   factors: Sequence[float] | None) -> list[float]:
-    """Absolute ``lrs``, or ``factors`` times the lr a run would use today (task default or previous sweep)."""
+    """Absolute ``lrs``, or ``factors`` times the task's starting lr for the optimizer.
+
+    The base is the task's declared starting lr, never an earlier sweep's winner, so running
+    the same sweep again asks for the same grid (and reuses its stored runs).
+    """
     if lrs:
         return sorted(float(x) for x in lrs)
     if not factors:
         raise ValueError("give --lrs or --lr-factors")
-    base, _ = resolve_lr(registry.get_task(task), registry.get_optimizer(optimizer), preset)
+    spec = registry.get_optimizer(optimizer)
+    base = registry.get_task(task).default_lrs.get(optimizer, spec.default_lr)
     return sorted(float(f"{base * f:.3g}") for f in factors)
 
 
