@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,10 @@ def test_committed_rules_match_the_current_task_model(path):
     assert doc["_shapes"] == shapes, f"stale rules: regenerate with `{doc['_command']}`"
     assert set(snr.load_rules(doc)) == set(shapes)
     assert doc["_command"].startswith(f"optbench snr --task {path.stem} ")
+    task = get_task(doc["_task"])
+    if "--steps" not in doc["_command"]:  # the proxy ran the whole budget of its preset
+        assert doc["_proxy_steps"] == task.budget(doc["_preset"]).steps, f"stale: rerun `{doc['_command']}`"
+    argv = shlex.split(doc["_command"])
+    if "--lr" not in argv:
+        scale = float(argv[argv.index("--lr-scale") + 1]) if "--lr-scale" in argv else 0.1
+        assert doc["_proxy_lr"] == pytest.approx(snr.proxy_lr(task, scale)), f"stale: rerun `{doc['_command']}`"
