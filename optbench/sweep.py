@@ -48,10 +48,36 @@ def score(records: Sequence[Mapping[str, Any]], higher_is_better: bool) -> float
 
 def sweep(task: str, optimizers: Sequence[str], *, preset: str, seeds: Sequence[int], runs_dir: str | Path,
           lrs: Sequence[float] | None = None, factors: Sequence[float] | None = None, progress: bool = True,
-          device: str | None = None) -> dict[str, dict]:
-    """Run the sweep; return {optimizer: {"best_lr", "results": [(lr, mean, std, statuses)]}}."""
+          device: str | None = None, max_extensions: int = 2) -> dict[str, dict]:
+    """Run the sweep; return {optimizer: {"best_lr", "at_edge", "results": [{lr, mean, std, statuses}]}}.
+
+    A best lr at either end of an optimizer's grid means the optimum may lie beyond it, so the
+    grid is extended one step (the grid's own ratio) past that end, at most ``max_extensions``
+    times; a winner still at the edge after that is flagged ``at_edge``.
+    """
     spec = registry.get_task(task)
-    cells = [cell for name in optimizers for lr in candidate_lrs(task, name, preset, lrs, factors)
+    grid = {name: candidate_lrs(task, name, preset, lrs, factors) for name in optimizers}
+    for extension in range(max_extensions + 1):
+        results = _run_and_score(task, spec.metric.higher_is_better, grid, preset=preset, seeds=seeds,
+                                 runs_dir=runs_dir, device=device, progress=progress)
+        grown = False
+        for name, entry in results.items():
+            lrs_tried = grid[name]
+            entry["at_edge"] = len(lrs_tried) > 1 and entry["best_lr"] in (lrs_tried[0], lrs_tried[-1])
+            if entry["at_edge"] and extension < max_extensions:
+                if entry["best_lr"] == lrs_tried[0]:
+                    grid[name] = [float(f"{lrs_tried[0] * lrs_tried[0] / lrs_tried[1]:.3g}"), *lrs_tried]
+                else:
+                    grid[name] = [*lrs_tried, float(f"{lrs_tried[-1] * lrs_tried[-1] / lrs_tried[-2]:.3g}")]
+                grown = True
+        if not grown:
+            break
+    return results
+
+
+def _run_and_score(task: str, higher_is_better: bool, grid: Mapping[str, Sequence[float]], *, preset: str,
+                   seeds: Sequence[int], runs_dir: str | Path, device: str | None, progress: bool) -> dict[str, dict]:
+    cells = [cell for name, lrs in grid.items() for lr in lrs
              for cell in make_cells([task], [name], seeds, {"lr": lr})]
     outcome = run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, progress=progress,
                        measure_memory_pass=False)
@@ -63,7 +89,7 @@ def sweep(task: str, optimizers: Sequence[str], *, preset: str, seeds: Sequence[
         values = [r["metrics"]["final_metric"] for r in records if r["status"] == "ok"]
         entry = results.setdefault(name, {"results": []})
         entry["results"].append({
-            "lr": lr, "score": score(records, spec.metric.higher_is_better),
+            "lr": lr, "score": score(records, higher_is_better),
             "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else None,
             "statuses": sorted({r["status"] for r in records}),
@@ -93,15 +119,17 @@ def write_markdown(results: Mapping[str, dict], task: str, preset: str, seeds: S
         for row in entry["results"]:
             mean = "—" if row["mean"] is None else f"{row['mean']:.4f}" + (
                 "" if row["std"] is None else f" ± {row['std']:.4f}")
+            best = "**best**" + (" (at the grid's edge)" if entry.get("at_edge") else "")
             rows.append([name, f"{row['lr']:.3g}", mean, ",".join(row["statuses"]),
-                         "**best**" if row["lr"] == entry["best_lr"] else ""])
+                         best if row["lr"] == entry["best_lr"] else ""])
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{preset}-{task}.md"
     direction = "higher" if spec.metric.higher_is_better else "lower"
     path.write_text(
         f"# Learning-rate sweep: {task} ({preset} preset)\n\n"
         f"Made by `{command}`; seeds {','.join(map(str, seeds))}; metric {spec.metric.name} ({direction} is better),"
-        f" mean ± std over seeds. The best lr per optimizer is stored in `tasks/tuned_lrs.json`.\n\n"
+        f" mean ± std over seeds. The best lr per optimizer is stored in `tasks/tuned_lrs.json`. A best lr at an"
+        f" end of the grid was extended past that end (up to twice); one still at the edge is marked.\n\n"
         + tabulate(rows, headers=["optimizer", "lr", spec.metric.name, "status", ""], tablefmt="github") + "\n"
     )
     return path

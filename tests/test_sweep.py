@@ -24,3 +24,14 @@ def test_sweep_writes_table_that_runs_then_use(tmp_path, capsys):
     assert "optbench sweep" in md and "diverged" in md
     lr, source = lrs.resolve_lr(registry.get_task("digits-mlp"), registry.get_optimizer("sgd"), "smoke", path=table)
     assert (lr, source) == (0.05, "sweep")
+
+
+def test_best_lr_at_the_edge_extends_the_grid(tmp_path):
+    from optbench.sweep import sweep
+
+    # On the smoke budget adamw keeps improving as lr grows from 1e-5: the grid must grow upwards.
+    results = sweep("digits-mlp", ["adamw"], preset="smoke", seeds=[0], runs_dir=tmp_path, lrs=[1e-5, 3e-5],
+                    progress=False, max_extensions=2)
+    tried = [row["lr"] for row in results["adamw"]["results"]]
+    assert tried == [1e-5, 3e-5, 9e-5, 0.00027]
+    assert results["adamw"]["best_lr"] == 0.00027 and results["adamw"]["at_edge"]
