@@ -89,6 +89,31 @@ def projection(session: nox.Session) -> None:
                "--command", "nox -s projection", *session.posargs)
 
 
+CPU_TASKS = ("digits-mlp", "digits-cnn", "digits-vit", "topics-gpt", "topics-lstm")
+
+
+@nox.session(venv_backend="none")
+def sweep(session: nox.Session) -> None:
+    """Learning-rate sweep of every available optimizer on every CPU task -> tasks/tuned_lrs.json, results/sweeps/."""
+    for task in CPU_TASKS:
+        run_in_env(session, "-m", "optbench", "sweep", "--task", task, "--lr-factors", "0.333,1,3", "--preset", "cpu",
+                   *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def snr_rules(session: nox.Session) -> None:
+    """Regenerate optimizers/rules/<task>.json for every CPU task (slimadam-snr reads them)."""
+    for task in CPU_TASKS:
+        run_in_env(session, "-m", "optbench", "snr", "--task", task, "--preset", "cpu", "--threads", "1",
+                   "--out", f"results/snr/rules/{task}", "--rules-out", f"optimizers/rules/{task}.json")
+
+
+@nox.session(venv_backend="none")
+def studies(session: nox.Session) -> None:
+    """SNR studies -> results/snr (minutes on 2 cores); `-- --preset smoke` for a quick check."""
+    run_in_env(session, "-m", "optbench", "study", "all", "--preset", "cpu", "--out", "results/snr", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole project."""
