@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,10 +82,10 @@ def write_rules(model: torch.nn.Module, folder: Path) -> Path:
 
 
 @pytest.fixture
-def hparams(request, tmp_path) -> dict:
+def hparams(request, tmp_path, monkeypatch) -> dict:
     """The spec's defaults. An optimizer that cannot build on this model for want of a rules file
-    gets one written into tmp_path when it takes a `rules` hyperparameter, and is skipped with its
-    own message otherwise (slimadam-snr reads committed per-task rules; there are none for this model).
+    gets one written into tmp_path: through its `rules` hyperparameter when it takes one, else by
+    pointing its module's RULES_DIR there (slimadam-snr reads per-task rules files from a folder).
     """
     spec = available_spec(request.param)
     try:
@@ -93,7 +94,12 @@ def hparams(request, tmp_path) -> dict:
         if "rules" not in str(exc):
             raise
         if "rules" not in spec.defaults:
-            pytest.skip(f"{spec.name} cannot build on task {TASK!r}: {exc}")
+            module = sys.modules[spec.build.__module__]
+            if not hasattr(module, "RULES_DIR"):
+                pytest.skip(f"{spec.name} cannot build on task {TASK!r}: {exc}")
+            monkeypatch.setattr(module, "RULES_DIR", tmp_path)
+            write_rules(build_model(), tmp_path)
+            return spec.resolve_hparams()
         return spec.resolve_hparams({"rules": str(write_rules(build_model(), tmp_path))})
     return spec.resolve_hparams()
 
