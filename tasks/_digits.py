@@ -12,7 +12,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from optbench.spec import EvalResult
+from optbench.model_info import get_model_info
+from optbench.spec import Budget, EvalResult, TaskInstance
 
 TEST_SIZE = 360
 
@@ -64,3 +65,16 @@ def accuracy_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalRes
     loss = nn.functional.cross_entropy(logits, y).item()
     acc = (logits.argmax(-1) == y).float().mean().item()
     return EvalResult(metric=acc, loss=loss)
+
+
+def digits_instance(model: nn.Module, budget: Budget, seed: int, device: torch.device) -> TaskInstance:
+    """The digits tasks' data, loss and evaluation around an already-built ``model``."""
+    x_tr, y_tr, x_te, y_te = digits(device)
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=epoch_batches(x_tr, y_tr, budget.batch_size, seed),
+        loss_fn=cross_entropy,
+        evaluate=lambda m: accuracy_eval(m, x_te, y_te),
+        samples_per_step=budget.batch_size,
+    )

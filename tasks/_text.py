@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from optbench.spec import EvalResult
+from optbench.model_info import get_model_info
+from optbench.spec import Budget, EvalResult, TaskInstance
 
 VOCAB = 256
 EVAL_FRACTION = 0.1
@@ -96,3 +97,20 @@ def bits_per_byte_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int, d
         return EvalResult(metric=loss / math.log(2), loss=loss)
 
     return evaluate
+
+
+def language_model_instance(model: nn.Module, budget: Budget, seed: int, device: torch.device, *, context: int,
+                            eval_windows_count: int, text_file: str | None) -> TaskInstance:
+    """The language tasks' data, loss and held-out bits/byte around an already-built ``model``."""
+    train, held_out = load_corpus(text_file, context)
+    x_eval, y_eval = eval_windows(held_out, context, eval_windows_count)
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=random_windows(train, budget.batch_size, context, seed, device),
+        loss_fn=next_byte_loss,
+        evaluate=bits_per_byte_evaluator(x_eval, y_eval, 64, device),
+        samples_per_step=budget.batch_size,
+        tokens_per_step=budget.batch_size * context,
+        notes=[f"text: {text_file}"] if text_file else [],
+    )

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from optbench.model_info import get_model_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
 from tasks._defaults import default_lrs
-from tasks._digits import accuracy_eval, cross_entropy, digits, epoch_batches
+from tasks._digits import digits_instance
 from tasks._transformer import ViT, with_info
 
 PATCH, D_MODEL, N_HEADS, N_LAYERS, D_MLP = 2, 64, 4, 3, 256
@@ -36,15 +35,7 @@ def setup(preset: str, seed: int, device: torch.device) -> TaskInstance:
     budget = SPEC.budget(preset)
     torch.manual_seed(seed)
     model = build_model().to(device)
-    x_tr, y_tr, x_te, y_te = digits(device)
-    return TaskInstance(
-        model=model,
-        info=get_model_info(model),
-        batches=epoch_batches(x_tr, y_tr, budget.batch_size, seed),
-        loss_fn=cross_entropy,
-        evaluate=lambda m: accuracy_eval(m, x_te, y_te),
-        samples_per_step=budget.batch_size,
-    )
+    return digits_instance(model, budget, seed, device)
 
 
 SPEC = register_task(

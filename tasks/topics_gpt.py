@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from optbench.model_info import get_model_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
 from tasks._defaults import default_lrs
-from tasks._text import VOCAB, bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
+from tasks._text import VOCAB, language_model_instance
 from tasks._transformer import GPT, with_info
 
 N_LAYERS, D_MODEL, N_HEADS, D_MLP, CONTEXT = 4, 128, 4, 512, 128
@@ -35,20 +34,10 @@ def build_model() -> GPT:
 
 def setup(preset: str, seed: int, device: torch.device, text_file: str | None = None) -> TaskInstance:
     budget = SPEC.budget(preset)
-    train, held_out = load_corpus(text_file, CONTEXT)
     torch.manual_seed(seed)
     model = build_model().to(device)
-    x_eval, y_eval = eval_windows(held_out, CONTEXT, EVAL_WINDOWS[preset])
-    return TaskInstance(
-        model=model,
-        info=get_model_info(model),
-        batches=random_windows(train, budget.batch_size, CONTEXT, seed, device),
-        loss_fn=next_byte_loss,
-        evaluate=bits_per_byte_evaluator(x_eval, y_eval, 64, device),
-        samples_per_step=budget.batch_size,
-        tokens_per_step=budget.batch_size * CONTEXT,
-        notes=[f"text: {text_file}"] if text_file else [],
-    )
+    return language_model_instance(model, budget, seed, device, context=CONTEXT,
+                                   eval_windows_count=EVAL_WINDOWS[preset], text_file=text_file)
 
 
 SPEC = register_task(
