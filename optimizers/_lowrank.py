@@ -97,3 +97,17 @@ def compact_projectors(optimizer: torch.optim.Optimizer) -> None:
 
 def _pins_more(t: torch.Tensor) -> bool:
     return t.untyped_storage().nbytes() > t.numel() * t.element_size()
+
+
+def counted(optimizer_cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """A subclass of a low-rank package optimizer that reports its projection matrices to
+    optbench.state (they live outside ``.state``) and keeps them compact after every step."""
+
+    def step(self, closure=None):
+        loss = optimizer_cls.step(self, closure)
+        compact_projectors(self)
+        return loss
+
+    name = f"{optimizer_cls.__name__}Counted"
+    return type(name, (optimizer_cls,), {"optbench_extra_state": projector_tensors, "step": step,
+                                         "__qualname__": name, "__module__": __name__})

@@ -15,13 +15,7 @@ from torch import nn
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 from optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
-from optimizers._lowrank import (
-    compact_projectors,
-    param_groups,
-    projected_state_elements,
-    projector_tensors,
-    split_projected,
-)
+from optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 
 PROJECTIONS = ("random", "svd")
 SCALE_TYPES = ("channel", "tensor")
@@ -43,20 +37,10 @@ def build_apollo(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
         raise ValueError(f"scale must be > 0, got {scale}")
     from apollo_torch import APOLLOAdamW
 
-    class APOLLOAdamWCounted(APOLLOAdamW):
-        """APOLLOAdamW that reports its projection matrices to optbench.state and keeps them compact."""
-
-        optbench_extra_state = projector_tensors
-
-        def step(self, closure=None):
-            loss = super().step(closure)
-            compact_projectors(self)
-            return loss
-
     projected, plain = split_projected(model)
     groups = param_groups(projected, plain, rank=int(rank), proj=proj, scale_type=scale_type, scale=float(scale),
                           update_proj_gap=int(update_proj_gap), proj_type="std")
-    return APOLLOAdamWCounted(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    return counted(APOLLOAdamW)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
 def apollo_state_bytes(model: nn.Module, *, rank=32, proj="random", **_: object) -> int:

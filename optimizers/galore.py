@@ -17,13 +17,7 @@ from torch import nn
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 from optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
-from optimizers._lowrank import (
-    compact_projectors,
-    param_groups,
-    projected_state_elements,
-    projector_tensors,
-    split_projected,
-)
+from optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 
@@ -44,20 +38,10 @@ def build_galore(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
     check_projection(rank, update_proj_gap, scale, proj_type)
     from galore_torch import GaLoreAdamW
 
-    class GaLoreAdamWCounted(GaLoreAdamW):
-        """GaLoreAdamW that reports its projection matrices to optbench.state and keeps them compact."""
-
-        optbench_extra_state = projector_tensors
-
-        def step(self, closure=None):
-            loss = super().step(closure)
-            compact_projectors(self)
-            return loss
-
     projected, plain = split_projected(model)
     groups = param_groups(projected, plain, rank=int(rank), update_proj_gap=int(update_proj_gap), scale=float(scale),
                           proj_type=proj_type)
-    return GaLoreAdamWCounted(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    return counted(GaLoreAdamW)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                               no_deprecation_warning=True)
 
 
