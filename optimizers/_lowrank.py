@@ -1,8 +1,10 @@
 """Shared pieces of the low-rank gradient-projection optimizers (GaLore, APOLLO).
 
-Both project only the 2-D weights of attention and MLP linears, chosen by the role the task
-declares for each parameter (never by module name); every other tensor (embeddings, heads,
-norms, biases, convs) is trained by plain AdamW in a second parameter group.
+Both project the 2-D hidden weight matrices: attention and MLP linears (the layers the papers
+project), plus generic hidden linears and recurrent matrices (an LSTM's gate weights), chosen
+by the role the task declares for each parameter (never by module name). Every other tensor
+(embeddings, heads, classifiers, norms, biases, convs) is trained by plain AdamW in a second
+parameter group; on a model with no such matrix (a CNN) the optimizer is that AdamW alone.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from torch import nn
 from optbench.model_info import get_model_info
 from optbench.state import iter_tensors
 
-PROJECTED_ROLES = frozenset({"query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out"})
+PROJECTED_ROLES = frozenset({"query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "linear", "recurrent"})
 
 
 def split_projected(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(projected, plain): 2-D weights whose declared role is an attention/MLP linear, and the rest."""
+    """(projected, plain): 2-D weights whose declared role is a hidden matrix (PROJECTED_ROLES), and the rest."""
     info = get_model_info(model)
     projected: list[nn.Parameter] = []
     plain: list[nn.Parameter] = []
