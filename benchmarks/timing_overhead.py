@@ -11,7 +11,7 @@ Same task, optimizer, seed and batches, two loops, run interleaved (A B, B A, ..
 Each loop is clocked from outside (device-synchronised) and its throughput in samples/s is the
 number of steps x samples per step over that wall time. The overhead is
 ``(bare - timed) / bare`` on the median throughputs. Also printed: the throughput the runner
-itself reports (from its median per-step time, which excludes batch fetching and zero_grad),
+itself reports (batch size / its median per-step time, warm-up steps excluded),
 for comparison with the bare loop.
 
 Run (a few minutes on 2 CPU cores; needs a quiet machine to mean anything):
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare loop:          {bare_med:,.0f} samples/s (median of {len(bare)}; spread {spread:.1f}%)")
     print(f"runner's timed loop: {timed_med:,.0f} samples/s (median of {len(timed)})")
     if reported:
-        print(f"runner's own figure: {statistics.median(reported):,.0f} samples/s (from its median step time; "
-              "excludes batch fetch and zero_grad)")
+        print(f"runner's own figure: {statistics.median(reported):,.0f} samples/s (batch size / its median "
+              "step time, warm-up excluded)")
     verdict = "yes" if abs(overhead) <= TARGET_PCT else "NO"
     print(f"instrumentation overhead: {overhead:+.2f}% (target: within {TARGET_PCT:.0f}%: {verdict})")
     if spread > TARGET_PCT:
