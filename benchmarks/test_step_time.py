@@ -5,11 +5,14 @@ are excluded (pytest-benchmark ``pedantic``). Not collected by the default run (
 tests). Save a baseline, then compare a later run against it and fail on a slowdown:
 
     pytest benchmarks/test_step_time.py --benchmark-save=baseline
-    pytest benchmarks/test_step_time.py --benchmark-compare=0001 --benchmark-compare-fail=median:25%
+    pytest benchmarks/test_step_time.py --benchmark-compare=0001 --benchmark-compare-fail=min:50%
 
-The regression gate is the median step time: a run fails when an optimizer's median is more
-than 25% above the saved baseline's (pytest-benchmark compares each benchmark by name).
-Compare only runs taken on the same machine with the same load; on a shared machine 25% is
+The regression gate is the fastest step over the rounds (min): a run fails when an
+optimizer's min is more than 50% above the saved baseline's (pytest-benchmark compares each
+benchmark by name). The min, not the median: noise on a CPU only ever adds time. The bound is
+wide because on the 2-core machine two back-to-back runs differed by up to 40% in the median
+and 25% in the min of 1-2 ms steps; it catches a lost fused/multi-tensor path, not 10%.
+Compare only runs taken on the same machine with the same load; on a shared machine even 50% can be
 within the noise. Rounds and warm-up: OPTBENCH_MICROBENCH_ROUNDS (default 30) and
 OPTBENCH_MICROBENCH_WARMUP (default 5); device: OPTBENCH_DEVICE (default cpu; the CUDA path
 synchronizes after each step and was never run here).
