@@ -10,6 +10,10 @@ accuracy (0.972 at step 50; at lr 3e-3: 0.981), measured with
 ``python -m tasks.quick_train digits-cnn --preset cpu [--lr 3e-3]``.
 Rough timing: AdamW step 7.5 ms median (100 steps: 0.7 s) with 2 threads on a shared 2-core machine
 (load average ~3, so inflated).
+
+In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
+swept lr 0.001 reaches 0.986 ± 0.007 test accuracy over seeds 0-2, with a median
+training step of 7.1 ms on the quiet 2-core CPU machine.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ lr 3e-3, 4.70 at 1e-2), hence one layer. Measured with
 ``python -m tasks.quick_train topics-lstm --preset cpu [--lr 3e-3]``.
 Rough timing: AdamW step 20 ms median (100 steps: 2.0 s) with 2 threads on a shared 2-core machine
 (load average ~3, so inflated).
+
+In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
+swept lr 0.03 reaches 3.084 ± 0.133 held-out bits per byte over seeds 0-2, with a median
+training step of 17.4 ms on the quiet 2-core CPU machine.
 """
 
 from __future__ import annotations
