@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from optbench.spec import EvalResult
+from optbench.model_info import get_model_info
+from optbench.spec import Budget, EvalResult, TaskInstance
 
 DEFAULT_DATA_DIR = Path("~/.cache/optbench").expanduser()
 FOLDER = "cifar-10-batches-py"
@@ -152,6 +153,23 @@ def accuracy_evaluator(x: torch.Tensor, y: torch.Tensor, device: torch.device, b
         return EvalResult(metric=correct / len(y), loss=loss_sum / len(y))
 
     return evaluate
+
+
+def cifar10_instance(model: nn.Module, budget: Budget, seed: int, device: torch.device, data: tuple,
+                     notes: list[str], eval_batch_size: int = 1000) -> TaskInstance:
+    """The CIFAR-10 tasks' data, loss and accuracy around an already-built ``model`` (bf16 autocast on CUDA)."""
+    x_tr, y_tr, x_te, y_te = data
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    return TaskInstance(
+        model=model,
+        info=get_model_info(model),
+        batches=train_batches(x_tr, y_tr, budget.batch_size, seed, device),
+        loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]).float(), batch[1]),
+        evaluate=accuracy_evaluator(x_te, y_te, device, batch_size=eval_batch_size, autocast_dtype=autocast),
+        samples_per_step=budget.batch_size,
+        autocast_dtype=autocast,
+        notes=notes,
+    )
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from optbench.model_info import ModelInfo, attach_info, get_model_info, roles_by_suffix
+from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, Requirements, TaskInstance, TaskSpec
 from tasks import cifar10_data
@@ -61,17 +61,7 @@ def setup(preset: str, seed: int, device: torch.device, data_dir: str | None = N
         notes.append(f"smoke: ResNet with one BasicBlock per stage, {len(y_te)} test images")
     torch.manual_seed(seed)
     model = build_model(small=smoke).to(device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    return TaskInstance(
-        model=model,
-        info=get_model_info(model),
-        batches=cifar10_data.train_batches(x_tr, y_tr, budget.batch_size, seed, device),
-        loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]).float(), batch[1]),
-        evaluate=cifar10_data.accuracy_evaluator(x_te, y_te, device, autocast_dtype=autocast),
-        samples_per_step=budget.batch_size,
-        autocast_dtype=autocast,
-        notes=notes,
-    )
+    return cifar10_data.cifar10_instance(model, budget, seed, device, (x_tr, y_tr, x_te, y_te), notes)
 
 
 SPEC = register_task(
