@@ -34,11 +34,11 @@ def resolve_lr(task: TaskSpec, optimizer: OptimizerSpec, preset: str, explicit: 
     """The learning rate for this cell and where it came from ('explicit', 'sweep', 'task', 'optimizer')."""
     if explicit is not None:
         return float(explicit), "explicit"
-    # smoke runs reuse the cpu sweep: their budgets are too short to tune on.
-    for table_preset in (preset, "cpu") if preset == "smoke" else (preset,):
-        lr = _load(path).get(table_preset, {}).get(task.name, {}).get(optimizer.name)
-        if lr is not None:
-            return float(lr), "sweep"
+    # Each preset reads only its own sweep: an lr tuned for the cpu budget is no good guess for the
+    # 30-step smoke budget (a small tuned lr barely moves there), so smoke runs use the task's lr.
+    lr = _load(path).get(preset, {}).get(task.name, {}).get(optimizer.name)
+    if lr is not None:
+        return float(lr), "sweep"
     if optimizer.name in task.default_lrs:
         return float(task.default_lrs[optimizer.name]), "task"
     return float(optimizer.default_lr), "optimizer"

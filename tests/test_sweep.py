@@ -35,3 +35,12 @@ def test_best_lr_at_the_edge_extends_the_grid(tmp_path):
     tried = [row["lr"] for row in results["adamw"]["results"]]
     assert tried == [1e-5, 3e-5, 9e-5, 0.00027]
     assert results["adamw"]["best_lr"] == 0.00027 and results["adamw"]["at_edge"]
+
+
+def test_each_preset_reads_only_its_own_sweep(tmp_path):
+    table = tmp_path / "tuned.json"
+    table.write_text(json.dumps({"cpu": {"digits-mlp": {"adamw": 3.3e-4}}}))
+    task, adamw = registry.get_task("digits-mlp"), registry.get_optimizer("adamw")
+    assert lrs.resolve_lr(task, adamw, "cpu", path=table) == (3.3e-4, "sweep")
+    assert lrs.resolve_lr(task, adamw, "smoke", path=table) == (task.default_lrs["adamw"], "task")
+    assert lrs.resolve_lr(task, adamw, "cpu", explicit=0.1, path=table) == (0.1, "explicit")
