@@ -8,43 +8,11 @@ import math
 import pytest
 import torch
 from torch import nn
+from toy_model import toy, toy_loss, train
 
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
 from optimizers.smmf import SMMF, build_smmf, pack_signs, rank1_nnmf, square_matricize, unpack_signs
-
-
-class SmmfToy(nn.Module):
-    """A conv (4-D), linears (2-D), a prime-sized vector and biases (1-D)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3)
-        self.lin = nn.Linear(12, 6)
-        self.prime = nn.Parameter(torch.randn(13))
-        self.out = nn.Linear(6, 3)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h = self.conv(image).flatten(1)[:, :12]
-        return self.out(torch.tanh(self.lin(h)) + self.prime[:6])
-
-
-def toy(seed: int = 0) -> SmmfToy:
-    torch.manual_seed(seed)
-    return SmmfToy()
-
-
-def toy_loss(model: SmmfToy, step: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(step)
-    image, target = torch.randn(8, 2, 4, 4, generator=g), torch.randn(8, 3, generator=g)
-    return ((model(image) - target) ** 2).mean()
-
-
-def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0) -> None:
-    for step in range(start, start + steps):
-        opt.zero_grad()
-        toy_loss(model, step).backward()
-        opt.step()
 
 
 @pytest.mark.parametrize(("numel", "shape"), [(1, (1, 1)), (36, (6, 6)), (12, (4, 3)), (13, (13, 1)),

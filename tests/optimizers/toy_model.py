@@ -1,0 +1,43 @@
+"""A toy model with every tensor rank an optimizer must handle, shared by the own-optimizer tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ToyNet(nn.Module):
+    """A conv (4-D), linears (2-D), a prime-sized vector and biases (1-D)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.lin = nn.Linear(12, 6)
+        self.prime = nn.Parameter(torch.randn(13))
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = self.conv(image).flatten(1)[:, :12]
+        return self.out(torch.tanh(self.lin(h)) + self.prime[:6])
+
+
+def toy(seed: int = 0) -> ToyNet:
+    torch.manual_seed(seed)
+    return ToyNet()
+
+
+def toy_loss(model: ToyNet, step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(step)
+    image, target = torch.randn(8, 2, 4, 4, generator=g), torch.randn(8, 3, generator=g)
+    return ((model(image) - target) ** 2).mean()
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0) -> list[float]:
+    losses = []
+    for step in range(start, start + steps):
+        opt.zero_grad()
+        loss = toy_loss(model, step)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
