@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a c
 
 from optbench import registry  # noqa: E402
 from optbench.lrs import resolve_lr  # noqa: E402
-from optbench.runner import _autocast, _sync, build_optimizer, seed_everything, train  # noqa: E402
+from optbench.runner import _autocast, _sync, seed_everything, train  # noqa: E402
 from optbench.spec import Budget, EvalResult, TaskInstance  # noqa: E402
 
 TARGET_PCT = 3.0
@@ -64,14 +64,14 @@ def one_repeat(mode: str, args: argparse.Namespace, device: torch.device) -> tup
     seed_everything(args.seed)
     instance = task.instantiate(args.preset, args.seed, device)
     instance.evaluate = lambda model: EvalResult(metric=0.0)  # evaluation is not what is being compared
-    optimizer = build_optimizer(spec, instance.model, lr, spec.resolve_hparams({}))
+    optimizer = spec.build(instance.model, lr, **spec.resolve_hparams({}))
     _sync(device)
     start = time.perf_counter()
     if mode == "bare":
         bare_loop(instance, optimizer, budget, device)
         reported = None
     else:
-        result, _ = train(instance, optimizer, budget, device, task.metric.higher_is_better)
+        result = train(instance, optimizer, budget, device)
         reported = instance.samples_per_step / statistics.median(result.step_s) if result.step_s else None
     _sync(device)
     elapsed = time.perf_counter() - start

@@ -61,11 +61,6 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_optimizer(spec: OptimizerSpec, model: torch.nn.Module, lr: float, hparams: Mapping[str, Any]):
-    """Build through the spec (a spec resets any process-wide state of its package in ``build``)."""
-    return spec.build(model, lr, **hparams)
-
-
 @dataclass
 class TrainResult:
     train_curve: list[list[float]] = field(default_factory=list)
@@ -78,8 +73,8 @@ class TrainResult:
     wall_s: float = 0.0
 
 
-def train(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budget, device: torch.device,
-          metric_higher_is_better: bool) -> tuple[TrainResult, torch.optim.Optimizer]:
+def train(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budget,
+          device: torch.device) -> TrainResult:
     """The timed pass: ``budget.steps`` steps, evaluations on the schedule, clocks around each step."""
     model, result = instance.model, TrainResult()
     model.train()
@@ -121,7 +116,7 @@ def train(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budg
                 result.diverged_at_step = step
                 break
     result.wall_s = time.perf_counter() - start
-    return result, optimizer
+    return result
 
 
 def steps_to_target(eval_curve: Sequence[Sequence[float]], target: float | None, higher_is_better: bool) -> int | None:
@@ -144,7 +139,7 @@ def measure_memory(task: TaskSpec, spec: OptimizerSpec, preset: str, seed: int, 
 
     seed_everything(seed)
     instance = task.instantiate(preset, seed, device, **task_options)
-    optimizer = build_optimizer(spec, instance.model, lr, hparams)
+    optimizer = spec.build(instance.model, lr, **hparams)
     report = measure_training_memory(instance.model, optimizer, instance.batches, instance.loss_fn,
                                      steps=MEMORY_PASS_STEPS, autocast_dtype=instance.autocast_dtype)
     return to_record(report)
@@ -197,9 +192,9 @@ def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = No
         instance = task_spec.instantiate(preset, seed, device_t, **task_options)
         record["notes"] = list(instance.notes)
         record["budget"]["tokens_per_step"] = instance.tokens_per_step
-        optimizer_obj = build_optimizer(opt_spec, instance.model, lr, resolved)
+        optimizer_obj = opt_spec.build(instance.model, lr, **resolved)
         record["optimizer_class"] = f"{type(optimizer_obj).__module__}.{type(optimizer_obj).__qualname__}"
-        result, optimizer_obj = train(instance, optimizer_obj, budget, device_t, task_spec.metric.higher_is_better)
+        result = train(instance, optimizer_obj, budget, device_t)
         _fill_training(record, result, instance, budget)
         record["memory"]["optimizer_state_bytes"] = optimizer_state_bytes(optimizer_obj)
         del optimizer_obj, instance
