@@ -13,8 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from optbench.model_info import ModelInfo
-
 DEVICES = ("cpu", "cuda")
 TIERS = ("cpu", "gpu")
 
@@ -114,8 +112,7 @@ class EvalResult:
 class TaskInstance:
     """A task set up for one (preset, seed, device): model, data stream and evaluation."""
 
-    model: nn.Module
-    info: ModelInfo
+    model: nn.Module  # carries its ModelInfo (optbench.model_info.get_model_info)
     batches: Iterator[Any]  # deterministic given the seed; already on the device
     loss_fn: Callable[[nn.Module, Any], torch.Tensor]
     evaluate: Callable[[nn.Module], EvalResult]

@@ -12,7 +12,6 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from optbench.model_info import get_model_info
 from optbench.spec import Budget, EvalResult, TaskInstance
 
 TEST_SIZE = 360
@@ -72,7 +71,6 @@ def digits_instance(model: nn.Module, budget: Budget, seed: int, device: torch.d
     x_tr, y_tr, x_te, y_te = digits(device)
     return TaskInstance(
         model=model,
-        info=get_model_info(model),
         batches=epoch_batches(x_tr, y_tr, budget.batch_size, seed),
         loss_fn=cross_entropy,
         evaluate=lambda m: accuracy_eval(m, x_te, y_te),

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from optbench.model_info import get_model_info
 from optbench.spec import Budget, EvalResult, TaskInstance
 
 VOCAB = 256
@@ -106,7 +105,6 @@ def language_model_instance(model: nn.Module, budget: Budget, seed: int, device:
     x_eval, y_eval = eval_windows(held_out, context, eval_windows_count)
     return TaskInstance(
         model=model,
-        info=get_model_info(model),
         batches=random_windows(train, budget.batch_size, context, seed, device),
         loss_fn=next_byte_loss,
         evaluate=bits_per_byte_evaluator(x_eval, y_eval, 64, device),

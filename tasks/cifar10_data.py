@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from optbench.model_info import get_model_info
 from optbench.spec import Budget, EvalResult, TaskInstance
 
 DEFAULT_DATA_DIR = Path("~/.cache/optbench").expanduser()
@@ -162,7 +161,6 @@ def cifar10_instance(model: nn.Module, budget: Budget, seed: int, device: torch.
     autocast = torch.bfloat16 if device.type == "cuda" else None
     return TaskInstance(
         model=model,
-        info=get_model_info(model),
         batches=train_batches(x_tr, y_tr, budget.batch_size, seed, device),
         loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]).float(), batch[1]),
         evaluate=accuracy_evaluator(x_te, y_te, device, batch_size=eval_batch_size, autocast_dtype=autocast),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from optbench.model_info import get_model_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
 from tasks._defaults import default_lrs
@@ -51,7 +50,6 @@ def setup(preset: str, seed: int, device: torch.device, text_file: str | None = 
         notes.append(f"smoke: GPT with {SMOKE}")
     return TaskInstance(
         model=model,
-        info=get_model_info(model),
         batches=random_windows(train, budget.batch_size, context, seed, device),
         loss_fn=next_byte_loss,
         evaluate=bits_per_byte_evaluator(x_eval, y_eval, 8, device, autocast_dtype=autocast),

@@ -56,10 +56,11 @@ def test_smoke_steps_learn_and_evaluate(name, tmp_path):
 @pytest.mark.parametrize("name", TASKS)
 def test_roles_cover_every_parameter(name, tmp_path):
     inst = smoke_instance(name, tmp_path)
-    inst.info.check_covers(inst.model)
-    assert set(inst.info.roles.values()) <= set(ROLES)
-    assert inst.info.task == name
-    assert inst.info.d_model and inst.info.n_heads
+    info = get_model_info(inst.model)
+    info.check_covers(inst.model)
+    assert set(info.roles.values()) <= set(ROLES)
+    assert info.task == name
+    assert info.d_model and info.n_heads
 
 
 @pytest.mark.parametrize("module, name", [("cifar10_resnet18", "cifar10-resnet18"), ("vit_s_cifar10", "vit-s-cifar10"),
@@ -75,7 +76,7 @@ def test_full_size_gpu_models_have_roles(module, name):
 
 
 def test_transformer_roles_are_the_expected_ones(tmp_path):
-    roles = smoke_instance("topics-gpt", tmp_path).info.roles
+    roles = get_model_info(smoke_instance("topics-gpt", tmp_path).model).roles
     assert roles["blocks.0.attn.q_proj.weight"] == "query"
     assert roles["blocks.0.attn.k_proj.weight"] == "key"
     assert roles["blocks.0.attn.v_proj.weight"] == "value"
@@ -85,9 +86,9 @@ def test_transformer_roles_are_the_expected_ones(tmp_path):
     assert (roles["wte.weight"], roles["wpe.weight"], roles["lm_head.weight"]) == ("embedding", "pos_embedding", "head")
     assert roles["ln_f.weight"] == roles["blocks.0.ln_1.bias"] == "norm"
     assert roles["blocks.0.attn.q_proj.bias"] == "bias"
-    vit = smoke_instance("digits-vit", tmp_path).info.roles
+    vit = get_model_info(smoke_instance("digits-vit", tmp_path).model).roles
     assert (vit["patch_embed.weight"], vit["classifier.weight"]) == ("conv_in", "classifier")
-    cnn = smoke_instance("cifar10-resnet18", tmp_path).info.roles
+    cnn = get_model_info(smoke_instance("cifar10-resnet18", tmp_path).model).roles
     assert (cnn["conv1.weight"], cnn["layer1.0.conv1.weight"], cnn["fc.weight"]) == ("conv_in", "conv", "classifier")
 
 
