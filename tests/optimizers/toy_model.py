@@ -1,6 +1,12 @@
-"""A toy model with every tensor rank an optimizer must handle, shared by the own-optimizer tests."""
+"""A toy model with every tensor rank an optimizer must handle, shared by the own-optimizer tests.
+
+Checks every optimizer needs (zero and missing gradients, state_dict round trip, loss falls)
+live once, in tests/test_conformance.py; these files test each optimizer's own math.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -32,11 +38,13 @@ def toy_loss(model: ToyNet, step: int) -> torch.Tensor:
     return ((model(image) - target) ** 2).mean()
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0) -> list[float]:
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0,
+          loss_fn: Callable[[nn.Module, int], torch.Tensor] = toy_loss) -> list[float]:
+    """``steps`` steps on the batches numbered ``start``..; the per-step losses."""
     losses = []
     for step in range(start, start + steps):
         opt.zero_grad()
-        loss = toy_loss(model, step)
+        loss = loss_fn(model, step)
         loss.backward()
         opt.step()
         losses.append(loss.item())
