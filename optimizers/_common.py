@@ -40,3 +40,23 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
 def adam_like_state_bytes(params: Iterable[torch.Tensor], moments: int) -> int:
     """``moments`` full-size tensors in the parameter dtype plus a float32 step per tensor."""
     return sum(moments * p.numel() * p.element_size() + STEP_BYTES for p in params)
+
+
+class PerParameterStep:
+    """Mixin for optimizers whose update is per tensor: ``step()`` calls ``self._step_param(p, group)``
+    for every parameter with a (dense) gradient; parameters whose grad is None are skipped."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError(f"{type(self).__name__} does not support sparse gradients")
+                self._step_param(p, group)  # type: ignore[attr-defined]
+        return loss

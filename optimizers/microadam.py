@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int, trainable
+from optimizers._common import PerParameterStep, check_betas, check_lr, check_nonnegative, check_positive_int, trainable
 from optimizers._keep_dtypes import KeepStateDtypes
 
 INT16_BLOCK_LIMIT = 32768  # indices 0..32767 fit int16
@@ -129,7 +129,7 @@ def window_weights(step: int, window: int, beta: float) -> list[tuple[int, float
     return out
 
 
-class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
+class MicroAdam(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
     """MicroAdam (Modoranu et al., NeurIPS 2024), pure PyTorch; see the module docstring."""
 
     def __init__(
@@ -150,20 +150,6 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
                         topk_block_size=int(topk_block_size), betas=tuple(betas), eps=eps,
                         weight_decay=weight_decay, quantize_error=bool(quantize_error))
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise ValueError("MicroAdam does not support sparse gradients")
-                    self._step_param(p, group)
-        return loss
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         n = p.numel()

@@ -25,7 +25,7 @@ the update) plus the unpacked ±1 sign (int8): no dense tensor beyond what the m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import lru_cache
 
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import check_lr, check_nonnegative, trainable
+from optimizers._common import PerParameterStep, check_lr, check_nonnegative, trainable
 from optimizers._keep_dtypes import KeepStateDtypes
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
@@ -122,7 +122,7 @@ def smmf_matrix_shape(param: torch.Tensor, vector_reshape: bool) -> tuple[int, i
     return square_matricize(param.numel())
 
 
-class SMMF(KeepStateDtypes, torch.optim.Optimizer):
+class SMMF(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
     """SMMF (Park et al., AAAI 2025). ``decay_rate`` −0.5 suits CNNs, −0.8 Transformers (the authors)."""
 
     def __init__(
@@ -141,20 +141,6 @@ class SMMF(KeepStateDtypes, torch.optim.Optimizer):
         defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise ValueError("SMMF does not support sparse gradients")
-                    self._step_param(p, group)
-        return loss
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
