@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def bench(session: nox.Session) -> None:
         run_args += ["--preset", known.preset]
     run_in_env(session, "-m", "optbench", "run", *run_args)
     run_in_env(session, "-m", "optbench", "report", "--preset", known.preset, "--runs-dir", known.runs_dir,
-               "--out", "results", "--command", "nox -s bench" + ("".join(f" {a}" for a in ["--"] + session.posargs)
-                                                                 if session.posargs else ""))
+               "--out", "results", "--command", shlex.join(["nox", "-s", "bench", *(["--", *session.posargs]
+                                                                                      if session.posargs else [])]))
 
 
 @nox.session(venv_backend="none")

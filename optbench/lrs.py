@@ -25,8 +25,9 @@ def _load(path: Path) -> dict:
     return table
 
 
-def tuned_table(path: Path = TUNED_LRS_PATH) -> dict:
-    return _load(path)
+def forget_cached_table() -> None:
+    """Drop the cached tables, so a table just rewritten (by a sweep) is read afresh."""
+    _load.cache_clear()
 
 
 def resolve_lr(task: TaskSpec, optimizer: OptimizerSpec, preset: str, explicit: float | None = None,

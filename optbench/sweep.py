@@ -17,7 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from optbench import registry
-from optbench.lrs import TUNED_LRS_PATH, _load
+from optbench.lrs import TUNED_LRS_PATH, forget_cached_table
 from optbench.runner import make_cells, run_grid
 
 
@@ -108,7 +108,7 @@ def update_table(results: Mapping[str, dict], task: str, preset: str, path: Path
             row[name] = entry["best_lr"]
     table[preset] = {t: dict(sorted(v.items())) for t, v in sorted(table[preset].items())}
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    _load.cache_clear()
+    forget_cached_table()
 
 
 def write_markdown(results: Mapping[str, dict], task: str, preset: str, seeds: Sequence[int], command: str,
