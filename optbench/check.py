@@ -34,7 +34,7 @@ seed-to-seed spread (a paired design).
 
 Stored runs are reused through the runner's key (task, optimizer, resolved hparams, seed,
 preset, device, task options) only when the record's environment matches this machine
-(``optbench.env.hardware_key``: device, device name, torch version, threads); otherwise
+(``optbench.env.hardware_key``: device, device name, CPU, torch version, threads); otherwise
 the run is done again here (``on_mismatch="rerun"``, the old record is kept beside it as
 ``*.json.otherenv``) or the check refuses (``on_mismatch="refuse"``, a ValueError naming the
 records). The candidate's runs are always redone unless ``reuse_candidate``: its code
@@ -60,7 +60,7 @@ from scipy import stats
 from tabulate import tabulate
 
 from optbench import registry
-from optbench.env import default_device, environment, hardware_key
+from optbench.env import HARDWARE_FIELDS, default_device, environment, hardware_key
 from optbench.lrs import resolve_lr
 from optbench.records import CorruptRecordError, read_record
 from optbench.runner import Cell, cell_key, make_cells, run_grid
@@ -71,7 +71,6 @@ DEFAULT_ALPHA = 0.05
 STD_FACTOR = 2.0  # default δ: this many baseline seed stds ...
 RELATIVE_FLOOR = 0.01  # ... but at least this share of |baseline mean|
 HARD_BOUND_FACTOR = 3.0  # default hard bound: this many δ
-HARDWARE_FIELDS = ("device", "device_name", "torch", "threads")  # the order of env.hardware_key
 
 
 # ---------------------------------------------------------------------------------------------

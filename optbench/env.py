@@ -60,9 +60,13 @@ def environment(device: torch.device | str) -> dict:
     }
 
 
+# What must match for two runs' timings and memory to be comparable (the gate's reuse rule and
+# the report's mixed-environment warning both use it).
+HARDWARE_FIELDS = ("device", "device_name", "cpu", "torch", "threads")
+
+
 def hardware_key(env: dict) -> tuple:
-    """What must match for two runs' timings and memory to be comparable."""
-    return (env.get("device"), env.get("device_name"), env.get("torch"), env.get("threads"))
+    return tuple(env.get(field) for field in HARDWARE_FIELDS)
 
 
 def default_device(preset: str) -> str:

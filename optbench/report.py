@@ -33,11 +33,11 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from optbench.env import HARDWARE_FIELDS
 from optbench.records import MEMORY_CATEGORIES, CorruptRecordError, iter_records
 
 BASELINE = "adamw"
 LR_SOURCE_PREFERENCE = ("sweep", "task", "optimizer", "explicit")
-ENV_KEYS = ("device", "device_name", "cpu", "threads", "torch")  # what must match for comparable timings/memory
 PEAK_COLUMNS = tuple(f"peak_{c}_bytes" for c in MEMORY_CATEGORIES)
 LINESTYLES = ("-", "--", "-.", ":")  # overlapping curves stay visible
 
@@ -120,7 +120,7 @@ def flatten(record: dict, path: Path | str = "") -> dict:
         "samples_per_s": _number(timing["samples_per_s"]), "tokens_per_s": _number(timing["tokens_per_s"]),
         "train_s": _number(timing.get("train_s")), "wall_s": _number(timing["wall_s"]),
         "steps": record["budget"]["steps"], "batch_size": record["budget"]["batch_size"],
-        **{f"env_{key}": env.get(key) for key in (*ENV_KEYS, "python", "optbench", "git_commit")},
+        **{f"env_{key}": env.get(key) for key in (*HARDWARE_FIELDS, "python", "optbench", "git_commit")},
         "notes": "; ".join(record.get("notes") or []),
         "run_key": record.get("run_key"), "optimizer_class": record.get("optimizer_class"),
         "file": str(path),
@@ -338,7 +338,7 @@ class ReportContext:
 
 def environments(runs: pd.DataFrame) -> pd.DataFrame:
     """Distinct measurement environments among the runs, with how many runs and which tasks each holds."""
-    cols = [f"env_{k}" for k in ENV_KEYS]
+    cols = [f"env_{k}" for k in HARDWARE_FIELDS]
     envs = runs[cols].astype(str)
     grouped = runs.assign(_env=envs.agg(" / ".join, axis=1)).groupby(cols, dropna=False, sort=True)
     return grouped.agg(runs=("task", "size"), tasks=("task", lambda t: ", ".join(sorted(set(t))))).reset_index()
