@@ -65,10 +65,10 @@ def gpt_model(seed: int = 0, device: str | torch.device = "cpu") -> tuple[nn.Mod
     """(model, where it came from): the task's builder when it exists, else the local copy."""
     torch.manual_seed(seed)
     try:
-        from tasks.topics_gpt import build_model
+        from optbench.tasks.topics_gpt import build_model
     except ImportError:
         return _local_gpt().to(device), "benchmarks/_gpt.py (topics-gpt shape)"
-    return build_model().to(device), "tasks.topics_gpt.build_model"
+    return build_model().to(device), "optbench.tasks.topics_gpt.build_model"
 
 
 def fill_gradients(model: nn.Module, batch_size: int = 8, seed: int = 0) -> None:

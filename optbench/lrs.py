@@ -6,13 +6,20 @@ leaderboard compares optimizers at their tuned learning rates and says where one
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
 
 from optbench.spec import OptimizerSpec, TaskSpec
 
-TUNED_LRS_PATH = Path(__file__).resolve().parent.parent / "tasks" / "tuned_lrs.json"
+def _tasks_dir() -> Path:
+    """Where the ``optbench.tasks`` package lives (the top-level ``tasks/`` folder of the source tree)."""
+    spec = importlib.util.find_spec("optbench.tasks")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+TUNED_LRS_PATH = _tasks_dir() / "tuned_lrs.json"
 
 
 @lru_cache(maxsize=4)

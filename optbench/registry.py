@@ -56,8 +56,8 @@ def _ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
-    importlib.import_module("optimizers")
-    importlib.import_module("tasks")
+    importlib.import_module("optbench.optimizers")
+    importlib.import_module("optbench.tasks")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()

@@ -14,7 +14,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers._common import STEP_BYTES, check_lr, check_nonnegative, trainable
+from optbench.optimizers._common import STEP_BYTES, check_lr, check_nonnegative, trainable
 
 
 def check_adafactor(beta2_decay: float, eps: tuple, d: float, weight_decay: float) -> None:

@@ -7,8 +7,8 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import check_betas, check_lr, check_nonnegative, trainable
-from optimizers.adamw import adamw_state_bytes, impl_kwargs
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, trainable
+from optbench.optimizers.adamw import adamw_state_bytes, impl_kwargs
 
 
 def build_adam(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, impl="fused"):

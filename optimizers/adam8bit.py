@@ -15,7 +15,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int, trainable
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int, trainable
 
 BLOCK = 256  # elements per absmax block (blockwise quantization)
 QMAP_BYTES = 2 * 256 * 4  # signed and unsigned float32 maps of 256 codes, shared by all tensors

@@ -27,7 +27,7 @@ from torch import nn
 from optbench.model_info import ModelInfo, get_model_info
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers._common import check_betas, check_lr, check_nonnegative
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative
 
 # A name stem the package routes to the wanted block (see adam_mini/adam_mini.py: Adam_mini.__init__).
 HEAD_STEMS = {"query": "q_proj", "key": "k_proj", "qkv": "q_proj"}

@@ -12,7 +12,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import adam_like_state_bytes, check_betas, check_lr, check_nonnegative, trainable
+from optbench.optimizers._common import adam_like_state_bytes, check_betas, check_lr, check_nonnegative, trainable
 
 
 def build_adamw(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, impl="fused"):

@@ -14,8 +14,8 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
-from optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
+from optbench.optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 
 PROJECTIONS = ("random", "svd")
 SCALE_TYPES = ("channel", "tensor")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers.apollo import DEFAULTS, apollo_state_bytes, build_apollo
+from optbench.optimizers.apollo import DEFAULTS, apollo_state_bytes, build_apollo
 
 register_optimizer(
     OptimizerSpec(

@@ -13,7 +13,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers._common import check_betas, check_lr, check_nonnegative, trainable
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, trainable
 
 
 def build_lion(model: nn.Module, lr: float, *, betas=(0.9, 0.99), weight_decay=0.1):

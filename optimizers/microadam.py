@@ -43,8 +43,8 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import PerParameterStep, check_betas, check_lr, check_nonnegative, check_positive_int, trainable
-from optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._common import PerParameterStep, check_betas, check_lr, check_nonnegative, check_positive_int, trainable
+from optbench.optimizers._keep_dtypes import KeepStateDtypes
 
 INT16_BLOCK_LIMIT = 32768  # indices 0..32767 fit int16
 IMPLS = ("torch", "official")

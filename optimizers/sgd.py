@@ -7,7 +7,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import check_lr, check_nonnegative, trainable
+from optbench.optimizers._common import check_lr, check_nonnegative, trainable
 
 
 def build_sgd(model: nn.Module, lr: float, *, momentum=0.9, weight_decay=0.0, nesterov=False):

@@ -38,8 +38,8 @@ from torch import nn
 from optbench.model_info import ModelInfo, get_model_info
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative
-from optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative
+from optbench.optimizers._keep_dtypes import KeepStateDtypes
 
 Axes = tuple[int, ...] | None
 RULES_DIR = Path(__file__).parent / "rules"

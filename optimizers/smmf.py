@@ -33,8 +33,8 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optimizers._common import PerParameterStep, check_lr, check_nonnegative, trainable
-from optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._common import PerParameterStep, check_lr, check_nonnegative, trainable
+from optbench.optimizers._keep_dtypes import KeepStateDtypes
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
 _BIT_SHIFTS = tuple(range(8))

@@ -23,8 +23,8 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, Requirements, TaskInstance, TaskSpec
-from tasks import cifar10_data
-from tasks._defaults import default_lrs
+from optbench.tasks import cifar10_data
+from optbench.tasks._defaults import default_lrs
 
 SMOKE_TEST_IMAGES = 32  # a ResNet forward on 32x32 costs ~0.25 GMAC per image even when shrunk
 

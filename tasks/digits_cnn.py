@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from tasks._defaults import default_lrs
-from tasks._digits import digits_instance
+from optbench.tasks._defaults import default_lrs
+from optbench.tasks._digits import digits_instance
 
 WIDTH = 32
 

@@ -22,9 +22,9 @@ import torch
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from tasks._defaults import default_lrs
-from tasks._digits import digits_instance
-from tasks._transformer import ViT, with_info
+from optbench.tasks._defaults import default_lrs
+from optbench.tasks._digits import digits_instance
+from optbench.tasks._transformer import ViT, with_info
 
 PATCH, D_MODEL, N_HEADS, N_LAYERS, D_MLP = 2, 64, 4, 3, 256
 

@@ -21,9 +21,9 @@ import torch
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from tasks._defaults import default_lrs
-from tasks._text import bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
-from tasks._transformer import GPT, with_info
+from optbench.tasks._defaults import default_lrs
+from optbench.tasks._text import bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
+from optbench.tasks._transformer import GPT, with_info
 
 FULL = {"vocab": 50304, "context": 1024, "n_layers": 12, "d_model": 768, "n_heads": 12, "d_mlp": 3072}
 SMOKE = {"vocab": 256, "context": 64, "n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256}

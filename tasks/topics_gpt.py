@@ -23,9 +23,9 @@ import torch
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from tasks._defaults import default_lrs
-from tasks._text import VOCAB, language_model_instance
-from tasks._transformer import GPT, with_info
+from optbench.tasks._defaults import default_lrs
+from optbench.tasks._text import VOCAB, language_model_instance
+from optbench.tasks._transformer import GPT, with_info
 
 N_LAYERS, D_MODEL, N_HEADS, D_MLP, CONTEXT = 4, 128, 4, 512, 128
 EVAL_WINDOWS = {"smoke": 8, "cpu": 64, "gpu": 256}  # held-out windows of CONTEXT bytes

@@ -29,8 +29,8 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from tasks._defaults import default_lrs
-from tasks._text import VOCAB, language_model_instance
+from optbench.tasks._defaults import default_lrs
+from optbench.tasks._text import VOCAB, language_model_instance
 
 D_EMBED, HIDDEN, N_LAYERS, CONTEXT = 64, 256, 1, 64
 EVAL_WINDOWS = {"smoke": 8, "cpu": 128, "gpu": 512}  # held-out windows of CONTEXT bytes

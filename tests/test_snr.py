@@ -141,8 +141,8 @@ def test_cli_snr_smoke_writes_three_outputs(smoke_outputs):
 
 
 def test_rules_json_round_trip_into_slimadam(smoke_outputs):
-    slimadam = pytest.importorskip("optimizers.slimadam")
-    from tasks.digits_mlp import build_model
+    slimadam = pytest.importorskip("optbench.optimizers.slimadam")
+    from optbench.tasks.digits_mlp import build_model
 
     _, out = smoke_outputs
     rules = snr.load_rules(out / "rules.json")

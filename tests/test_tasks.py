@@ -10,8 +10,8 @@ import torch
 
 from optbench.model_info import ROLES, get_model_info
 from optbench.registry import get_optimizer, tasks
-from tasks import cifar10_data
-from tasks._text import EVAL_FRACTION, cpython_topics_bytes, load_corpus
+from optbench.tasks import cifar10_data
+from optbench.tasks._text import EVAL_FRACTION, cpython_topics_bytes, load_corpus
 
 TASKS = sorted(tasks())
 DATA_DIR_TASKS = [n for n in TASKS if "data_dir" in tasks()[n].options]
@@ -68,7 +68,7 @@ def test_roles_cover_every_parameter(name, tmp_path):
 def test_full_size_gpu_models_have_roles(module, name):
     # Built on the meta device: the full shapes without allocating 163M parameters.
     with torch.device("meta"):
-        model = importlib.import_module(f"tasks.{module}").build_model()
+        model = importlib.import_module(f"optbench.tasks.{module}").build_model()
     info = get_model_info(model)
     info.check_covers(model)
     n_params = sum(p.numel() for p in model.parameters())

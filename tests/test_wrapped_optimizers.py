@@ -42,7 +42,7 @@ def test_adam_mini_blocks_follow_roles():
 
 
 def test_adam_mini_raises_when_the_package_partition_degrades():
-    from optimizers.adam_mini import check_partition
+    from optbench.optimizers.adam_mini import check_partition
 
     model, opt = built("adam-mini")
     opt.wqk_names.clear()  # as if a package release stopped recognising query/key names

@@ -135,15 +135,15 @@ def narrow_model(task: str) -> Callable:
 
 
 def _narrow_digits_mlp():
-    from tasks import digits_mlp
+    from optbench.tasks import digits_mlp
 
     return digits_mlp.build_model(hidden=digits_mlp.HIDDEN // 4)
 
 
 def _narrow_topics_gpt():
-    from tasks import topics_gpt as t
-    from tasks._text import VOCAB
-    from tasks._transformer import GPT, with_info
+    from optbench.tasks import topics_gpt as t
+    from optbench.tasks._text import VOCAB
+    from optbench.tasks._transformer import GPT, with_info
 
     d = t.D_MODEL // 4
     return with_info(GPT(VOCAB, t.CONTEXT, t.N_LAYERS, d, t.N_HEADS, t.D_MLP // 4), d_model=d, n_heads=t.N_HEADS,
@@ -151,8 +151,8 @@ def _narrow_topics_gpt():
 
 
 def _narrow_digits_vit():
-    from tasks import digits_vit as t
-    from tasks._transformer import ViT, with_info
+    from optbench.tasks import digits_vit as t
+    from optbench.tasks._transformer import ViT, with_info
 
     d = t.D_MODEL // 4
     return with_info(ViT(8, t.PATCH, 1, 10, t.N_LAYERS, d, t.N_HEADS, t.D_MLP // 4), d_model=d, n_heads=t.N_HEADS,
@@ -302,7 +302,7 @@ def study_cost(ctx: Context, tasks: Sequence[str]) -> list[dict]:
 def snr_rules_for(ctx: Context, task: str) -> tuple[dict, str]:
     """The committed ``optimizers/rules/<task>.json`` when there is one (what ``slimadam-snr`` runs),
     else rules derived from this process's lr-scale 0.1 proxy at alpha 1."""
-    from optimizers.slimadam import snr_rules_path
+    from optbench.optimizers.slimadam import snr_rules_path
 
     committed = snr_rules_path(task)
     if committed.is_file() and ctx.preset != "smoke":
@@ -369,7 +369,7 @@ def study_seeds(ctx: Context, tasks: Sequence[str]) -> list[dict]:
 def _static_rules(trace: snr.ProxyTrace) -> dict[str, list[int] | None]:
     """The role-based static rules (the paper's Table 1, as optimizers/slimadam.py applies them)."""
     from optbench.model_info import ModelInfo
-    from optimizers.slimadam import static_rules
+    from optbench.optimizers.slimadam import static_rules
 
     axes = static_rules(ModelInfo(roles=_roles(trace, candidates_only=False)), {p.name: p.shape for p in trace.params})
     return {k: (None if v is None else list(v)) for k, v in axes.items()}

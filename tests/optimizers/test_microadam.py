@@ -12,7 +12,7 @@ from toy_model import toy, toy_loss, train
 
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
-from optimizers.microadam import (
+from optbench.optimizers.microadam import (
     MicroAdam,
     build_microadam,
     dequantize4,

@@ -13,8 +13,8 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
-from optimizers import slimadam
-from optimizers.slimadam import SlimAdamW, build_slimadam, compression_axes, static_rules
+from optbench.optimizers import slimadam
+from optbench.optimizers.slimadam import SlimAdamW, build_slimadam, compression_axes, static_rules
 
 
 class SlimToy(nn.Module):

@@ -12,7 +12,7 @@ from toy_model import toy, toy_loss, train
 
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
-from optimizers.smmf import SMMF, build_smmf, pack_signs, rank1_nnmf, square_matricize, unpack_signs
+from optbench.optimizers.smmf import SMMF, build_smmf, pack_signs, rank1_nnmf, square_matricize, unpack_signs
 
 
 @pytest.mark.parametrize(("numel", "shape"), [(1, (1, 1)), (36, (6, 6)), (12, (4, 3)), (13, (13, 1)),
