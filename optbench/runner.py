@@ -32,6 +32,7 @@ from optbench.records import (
     read_record,
     write_record,
 )
+from optbench.schedule import apply_lr
 from optbench.spec import Budget, OptimizerSpec, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
 
@@ -85,6 +86,7 @@ def train(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budg
         _sync(device)
         t0 = time.perf_counter()
         batch = next(instance.batches)
+        apply_lr(optimizer, budget.schedule.factor(step, budget.steps))
         with _autocast(instance, device):
             loss = instance.loss_fn(model, batch)
         loss.backward()
@@ -172,7 +174,8 @@ def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = No
         "hparams": canonical({"lr": lr, **resolved}), "seed": seed, "preset": preset,
         "status": "ok", "error": None, "diverged_at_step": None,
         "env": environment(device_t),
-        "budget": {"steps": budget.steps, "batch_size": budget.batch_size, "tokens_per_step": None},
+        "budget": {"steps": budget.steps, "batch_size": budget.batch_size, "tokens_per_step": None,
+                   "schedule": budget.schedule.describe(budget.steps)},
         "metrics": {"metric_name": task_spec.metric.name, "final_metric": None,
                     "higher_is_better": task_spec.metric.higher_is_better, "final_train_loss": None,
                     "eval_loss": None, "steps_to_target": None, "target": budget.target},

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from optbench.schedule import Schedule
+
 DEVICES = ("cpu", "cuda")
 TIERS = ("cpu", "gpu")
 
@@ -92,8 +94,9 @@ class Budget:
     eval_every: int  # evaluate every this many steps (and always at the end)
     target: float | None = None  # metric value for steps-to-target
     log_every: int = 10  # train loss recorded every this many steps
-    warmup_steps: int = 3  # excluded from timing medians
+    warmup_steps: int = 3  # excluded from timing medians (not the lr warm-up: that is the schedule's)
     grad_clip: float | None = None
+    schedule: Schedule = field(default_factory=Schedule)  # lr warm-up and decay, applied by the runner
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "log_every"):
