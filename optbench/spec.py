@@ -53,12 +53,20 @@ class OptimizerSpec:
     """
 
     name: str
-    family: str
-    paper: str
     build: BuildFn
-    state_bytes: StateBytesFn
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    family: str = "other"
+    paper: str = ""
+    # Exact analytic optimizer-state bytes; a plugin may leave it out, and then the measured
+    # state is used and the record says so.
+    state_bytes: StateBytesFn | None = None
     default_lr: float = 1e-3
+    # How this optimizer's starting lr relates to AdamW's on a task: starting lr = the task's
+    # AdamW lr x lr_vs_adamw. None: no relation (its own default_lr, or the task's entry).
+    lr_vs_adamw: float | None = 1.0
+    # Bytes one step must move per parameter (reads and writes of params, grads and state) at
+    # the memory-bandwidth bound, for step time / its bound. None: not declared.
+    bound_bytes_per_param: float | None = None
     requires: Requirements = field(default_factory=Requirements)
     needs_model_info: bool = False
     description: str = ""
@@ -141,8 +149,14 @@ class TaskSpec:
     default_lrs: Mapping[str, float] = field(default_factory=dict)
     requires: Requirements = field(default_factory=Requirements)
     options: tuple[str, ...] = ()  # accepted setup options, e.g. ("text_file",)
+    # The equivalence margin of the board's verdicts, as a share of AdamW's mean final held-out
+    # loss: |candidate - AdamW| within it counts as equivalent. Fixed per task before any results
+    # (at most 0.02); each task's docstring says why its value.
+    margin: float = 0.01
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.margin <= 0.02:
+            raise ValueError(f"task {self.name!r}: margin {self.margin} must be in (0, 0.02]")
         if self.tier not in TIERS:
             raise ValueError(f"task {self.name!r}: tier {self.tier!r} not in {TIERS}")
 
