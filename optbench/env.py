@@ -69,5 +69,11 @@ def hardware_key(env: dict) -> tuple:
     return tuple(env.get(field) for field in HARDWARE_FIELDS)
 
 
+def timing_key(record: dict) -> tuple:
+    """What must match for two runs' step times to be comparable: the hardware and how many runs
+    shared the node (``timing.concurrent_runs``, see optbench.executors; absent = ran alone)."""
+    return (*hardware_key(record.get("env") or {}), (record.get("timing") or {}).get("concurrent_runs") or 1)
+
+
 def default_device(preset: str) -> str:
     return "cuda" if preset == "gpu" and torch.cuda.is_available() else "cpu"
