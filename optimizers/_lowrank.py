@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from optbench.model_info import get_model_info
+from optbench.param_groups import split_decay
 from optbench.state import iter_tensors
 
 PROJECTED_ROLES = frozenset({"query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "linear", "recurrent"})
@@ -32,13 +33,21 @@ def split_projected(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
     return projected, plain
 
 
-def param_groups(projected: list[nn.Parameter], plain: list[nn.Parameter], **projection: object) -> list[dict]:
-    """A plain group and a projected group carrying the projection keys; empty groups are left out."""
+def param_groups(model: nn.Module, projected: list[nn.Parameter], plain: list[nn.Parameter], weight_decay: float,
+                 **projection: object) -> list[dict]:
+    """Plain groups (decayed and not, by optbench.param_groups' policy) and a projected group carrying the
+    projection keys; empty groups are left out. Projected tensors are hidden matrices, which the policy decays."""
+    decayed = {id(p) for _, p in split_decay(model)[0]}
     groups: list[dict] = []
-    if plain:
-        groups.append({"params": plain})
+    plain_decayed = [p for p in plain if id(p) in decayed]
+    plain_kept = [p for p in plain if id(p) not in decayed]
+    if plain_decayed:
+        groups.append({"params": plain_decayed, "weight_decay": weight_decay})
+    if plain_kept:
+        groups.append({"params": plain_kept, "weight_decay": 0.0})
     if projected:
-        groups.append({"params": projected, **projection})
+        groups.append({"params": projected, "weight_decay": weight_decay if all(id(p) in decayed for p in projected)
+                       else 0.0, **projection})
     if not groups:
         raise ValueError("model has no trainable parameters")
     return groups

@@ -14,6 +14,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
+from optbench.param_groups import decay_groups
 from optbench.optimizers._common import STEP_BYTES, check_lr, check_nonnegative, trainable
 
 
@@ -34,7 +35,7 @@ def check_adafactor(beta2_decay: float, eps: tuple, d: float, weight_decay: floa
 def build_adafactor(model: nn.Module, lr: float, *, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0):
     check_lr(lr)
     check_adafactor(beta2_decay, eps, d, weight_decay)
-    return torch.optim.Adafactor(trainable(model), lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d,
+    return torch.optim.Adafactor(decay_groups(model, weight_decay), lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d,
                                  weight_decay=weight_decay)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
+from optbench.param_groups import decay_groups
 from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int, trainable
 
 BLOCK = 256  # elements per absmax block (blockwise quantization)
@@ -40,7 +41,7 @@ def build_adam8bit(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8,
     # A process-wide singleton carries per-parameter overrides between optimizers: start clean,
     # without touching the manager an earlier optimizer still holds.
     GlobalOptimManager._instance = None
-    return bnb.optim.AdamW8bit(trainable(model), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    return bnb.optim.AdamW8bit(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                min_8bit_size=int(min_8bit_size))
 
 

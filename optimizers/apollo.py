@@ -38,7 +38,7 @@ def build_apollo(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
     from apollo_torch import APOLLOAdamW
 
     projected, plain = split_projected(model)
-    groups = param_groups(projected, plain, rank=int(rank), proj=proj, scale_type=scale_type, scale=float(scale),
+    groups = param_groups(model, projected, plain, weight_decay, rank=int(rank), proj=proj, scale_type=scale_type, scale=float(scale),
                           update_proj_gap=int(update_proj_gap), proj_type="std")
     return counted(APOLLOAdamW)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 

@@ -39,7 +39,7 @@ def build_galore(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
     from galore_torch import GaLoreAdamW
 
     projected, plain = split_projected(model)
-    groups = param_groups(projected, plain, rank=int(rank), update_proj_gap=int(update_proj_gap), scale=float(scale),
+    groups = param_groups(model, projected, plain, weight_decay, rank=int(rank), update_proj_gap=int(update_proj_gap), scale=float(scale),
                           proj_type=proj_type)
     return counted(GaLoreAdamW)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                               no_deprecation_warning=True)

@@ -13,6 +13,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
+from optbench.param_groups import decay_groups
 from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, trainable
 
 
@@ -22,7 +23,7 @@ def build_lion(model: nn.Module, lr: float, *, betas=(0.9, 0.99), weight_decay=0
     check_nonnegative(weight_decay=weight_decay)
     from lion_pytorch import Lion
 
-    return Lion(trainable(model), lr=lr, betas=tuple(betas), weight_decay=weight_decay, use_triton=False)
+    return Lion(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), weight_decay=weight_decay, use_triton=False)
 
 
 def lion_state_bytes(model: nn.Module, **_: object) -> int:

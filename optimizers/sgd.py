@@ -7,6 +7,7 @@ from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
+from optbench.param_groups import decay_groups
 from optbench.optimizers._common import check_lr, check_nonnegative, trainable
 
 
@@ -15,7 +16,7 @@ def build_sgd(model: nn.Module, lr: float, *, momentum=0.9, weight_decay=0.0, ne
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     check_nonnegative(weight_decay=weight_decay)
-    return torch.optim.SGD(trainable(model), lr=lr, momentum=momentum, weight_decay=weight_decay,
+    return torch.optim.SGD(decay_groups(model, weight_decay), lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov, foreach=True)
 
 

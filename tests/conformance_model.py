@@ -9,11 +9,15 @@ task "conformance"). The embedding and head have exactly 4096 elements, so bitsa
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optbench.model_info import ModelInfo, attach_info
+from optbench.model_info import ModelInfo, attach_info, get_model_info
 
 VOCAB, D_MODEL, N_HEADS, CONTEXT, MLP = 128, 32, 4, 8, 64
 TASK = "conformance"
@@ -71,6 +75,37 @@ class ConformanceModel(nn.Module):
         x = x + self.out(a)
         x = x + self.fc_out(F.gelu(self.fc_in(self.ln2(x))))
         return self.head(self.ln_f(x))
+
+
+def write_rules(model: nn.Module, folder: Path) -> Path:
+    """A SlimAdam rules file for the conformance model: the paper's static rules by role."""
+    by_role = {"query": [1], "key": [1], "value": [0], "attn_out": [0], "mlp_in": [0], "mlp_out": [0],
+               "embedding": [1], "pos_embedding": [1], "head": [1]}
+    rules = {name: by_role.get(role) for name, role in get_model_info(model).roles.items()}
+    path = folder / f"{TASK}.json"
+    path.write_text(json.dumps(rules))
+    return path
+
+
+def conformance_hparams(spec, folder: Path, monkeypatch) -> dict:
+    """The spec's defaults. An optimizer that cannot build on this model for want of a rules file
+    gets one written into ``folder``: through its `rules` hyperparameter when it takes one, else by
+    pointing its module's RULES_DIR there (slimadam-snr reads per-task rules files from a folder).
+    Returns None when the optimizer cannot build here at all (the caller skips)."""
+    try:
+        spec.build(build_model(), spec.default_lr, **spec.resolve_hparams())
+    except ValueError as exc:
+        if "rules" not in str(exc):
+            raise
+        if "rules" not in spec.defaults:
+            module = sys.modules[spec.build.__module__]
+            if not hasattr(module, "RULES_DIR"):
+                return None
+            monkeypatch.setattr(module, "RULES_DIR", folder)
+            write_rules(build_model(), folder)
+            return spec.resolve_hparams()
+        return spec.resolve_hparams({"rules": str(write_rules(build_model(), folder))})
+    return spec.resolve_hparams()
 
 
 def build_model(seed: int = 0) -> nn.Module:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conformance_model import TASK, build_model, fixed_batch, loss_fn
+from conformance_model import TASK, build_model, conformance_hparams, fixed_batch, loss_fn
 
 from optbench.model_info import get_model_info
 from optbench.registry import optimizers
@@ -71,16 +71,6 @@ def available_spec(name: str) -> OptimizerSpec:
     return spec
 
 
-def write_rules(model: torch.nn.Module, folder: Path) -> Path:
-    """A SlimAdam rules file for the conformance model: the paper's static rules by role."""
-    by_role = {"query": [1], "key": [1], "value": [0], "attn_out": [0], "mlp_in": [0], "mlp_out": [0],
-               "embedding": [1], "pos_embedding": [1], "head": [1]}
-    rules = {name: by_role.get(role) for name, role in get_model_info(model).roles.items()}
-    path = folder / f"{TASK}.json"
-    path.write_text(json.dumps(rules))
-    return path
-
-
 @pytest.fixture
 def hparams(request, tmp_path, monkeypatch) -> dict:
     """The spec's defaults. An optimizer that cannot build on this model for want of a rules file
@@ -88,20 +78,10 @@ def hparams(request, tmp_path, monkeypatch) -> dict:
     pointing its module's RULES_DIR there (slimadam-snr reads per-task rules files from a folder).
     """
     spec = available_spec(request.param)
-    try:
-        spec.build(build_model(), spec.default_lr, **spec.resolve_hparams())
-    except ValueError as exc:
-        if "rules" not in str(exc):
-            raise
-        if "rules" not in spec.defaults:
-            module = sys.modules[spec.build.__module__]
-            if not hasattr(module, "RULES_DIR"):
-                pytest.skip(f"{spec.name} cannot build on task {TASK!r}: {exc}")
-            monkeypatch.setattr(module, "RULES_DIR", tmp_path)
-            write_rules(build_model(), tmp_path)
-            return spec.resolve_hparams()
-        return spec.resolve_hparams({"rules": str(write_rules(build_model(), tmp_path))})
-    return spec.resolve_hparams()
+    hparams = conformance_hparams(spec, tmp_path, monkeypatch)
+    if hparams is None:
+        pytest.skip(f"{spec.name} cannot build on task {TASK!r} (no rules file it can be given)")
+    return hparams
 
 
 def spec_of(request) -> OptimizerSpec:
