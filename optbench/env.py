@@ -77,3 +77,22 @@ def timing_key(record: dict) -> tuple:
 
 def default_device(preset: str) -> str:
     return "cuda" if preset == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+DEVICE_KINDS = ("cpu", "cuda")  # what a run may be given (spec.DEVICES); "cuda:N" names one GPU
+
+
+def check_device(device: str) -> str:
+    """``device`` when a run can use it here; a UsageError naming it and the accepted ones otherwise."""
+    from optbench.errors import UsageError
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in DEVICE_KINDS:
+        raise UsageError(f"unknown device {device!r}; known: cpu, cuda, cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                         "use --device cpu")
+    return device
