@@ -6,8 +6,9 @@ A spec declares everything the runner must know, so the runner never asks for a 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ class Requirements:
 
 BuildFn = Callable[..., torch.optim.Optimizer]  # (model, lr, **hparams)
 StateBytesFn = Callable[..., int]  # (model, **hparams) -> exact optimizer-state bytes
+InputFilesFn = Callable[[str, Mapping[str, Any]], Sequence[str | Path]]  # files a run reads (see the specs)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class OptimizerSpec:
     bound_bytes_per_param: float | None = None
     requires: Requirements = field(default_factory=Requirements)
     needs_model_info: bool = False
+    # Files a run reads besides code, e.g. slimadam-snr's rules for the task:
+    # ``input_files(task_name, hparams) -> paths``. Their contents' digests enter the run key and
+    # the record, so a regenerated file makes a new run instead of reusing a stale one.
+    input_files: InputFilesFn | None = None
     description: str = ""
 
     def unavailable_reason(self, device: str | None = None) -> str | None:
@@ -149,6 +155,9 @@ class TaskSpec:
     default_lrs: Mapping[str, float] = field(default_factory=dict)
     requires: Requirements = field(default_factory=Requirements)
     options: tuple[str, ...] = ()  # accepted setup options, e.g. ("text_file",)
+    # Files a run of this task reads besides code and shipped data: ``input_files(preset, options)
+    # -> paths`` (like OptimizerSpec.input_files: their digests enter the run key and the record).
+    input_files: InputFilesFn | None = None
     # The equivalence margin of the board's verdicts, as a share of AdamW's mean final held-out
     # loss: |candidate - AdamW| within it counts as equivalent. Fixed per task before any results
     # (at most 0.02); each task's docstring says why its value.
