@@ -383,6 +383,7 @@ register_optimizer(
         defaults={**DEFAULTS, "rules": None},
         default_lr=1e-3,
         needs_model_info=True,
+        input_files=lambda task, hparams: [hparams["rules"]] if isinstance(hparams.get("rules"), str) else [],
         description="SlimAdamW, second moment averaged along axes chosen by layer role (Table 1)",
     )
 )
@@ -398,6 +399,7 @@ register_optimizer(
         default_lr=1e-3,
         requires=Requirements(check=snr_rules_available),
         needs_model_info=True,
+        input_files=lambda task, hparams: [snr_rules_path(task)],
         description="SlimAdamW with per-task rules from `optbench snr` (optimizers/rules/<task>.json)",
     )
 )
