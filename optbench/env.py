@@ -76,7 +76,25 @@ def timing_key(record: dict) -> tuple:
 
 
 def default_device(preset: str) -> str:
-    return "cuda" if preset == "gpu" and torch.cuda.is_available() else "cpu"
+    """The device a run of ``preset`` gets when none is named: CUDA for the GPU presets, else the CPU.
+
+    A GPU preset on a machine without CUDA is a usage error rather than a silent CPU fallback
+    (its budgets take hours on a CPU); ``--device cpu`` runs it there on purpose.
+    """
+    from optbench.errors import UsageError
+    from optbench.registry import GPU_PRESETS
+
+    if preset not in GPU_PRESETS:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise UsageError(f"preset {preset!r} runs on CUDA, which this machine lacks (torch {torch.__version__}); "
+                         "pass --device cpu to run it on the CPU anyway")
+    return "cuda"
+
+
+def resolve_device(preset: str, device: str | None = None) -> str:
+    """The device a run uses: ``device`` checked (``check_device``) when given, else ``default_device(preset)``."""
+    return check_device(device) if device else default_device(preset)
 
 
 DEVICE_KINDS = ("cpu", "cuda")  # what a run may be given (spec.DEVICES); "cuda:N" names one GPU
