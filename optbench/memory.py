@@ -38,8 +38,7 @@ the steps run again without it and the figures come from counting tensors direct
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType, _UpdateType
 
+from optbench.loop import LossFn, StepWatch, TrainingStep
 from optbench.state import iter_tensors, optimizer_state_bytes, state_tensors
 
 CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
@@ -72,8 +72,6 @@ _FOLD = {
     "inputs": "activations",
     "temporaries": "temporaries",
 }
-
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
 @dataclass
@@ -174,22 +172,7 @@ def _prefetch(it: Iterator[Any], steps: int) -> list[Any]:
     return out
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _train_step(model, optimizer, batch, loss_fn, device, autocast_dtype) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    with _autocast(device, autocast_dtype):
-        loss = loss_fn(model, batch)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def _tracked_run(model, optimizer, batches, loss_fn, steps, device, autocast_dtype) -> MemoryReport:
+def _tracked_run(model, optimizer, batches, train_step: TrainingStep, device) -> MemoryReport:
     tracker = _PeakTracker(device)
     tracker.track_external(model)
     state_ids = tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
@@ -197,7 +180,7 @@ def _tracked_run(model, optimizer, batches, loss_fn, steps, device, autocast_dty
         for i, batch in enumerate(batches):
             tracker.track_as(_MemRefType.OTH, iter_tensors(batch))
             batches[i] = None  # drop our reference so the batch is freed after its step
-            loss = _train_step(model, optimizer, batch, loss_fn, device, autocast_dtype)
+            loss = train_step(model, optimizer, batch, i + 1)
             del batch, loss
             state_ids |= tracker.track_as(_MemRefType.OPT, state_tensors(optimizer))
             tracker.reset_mod_stats()  # MemTracker refuses a second forward of a root module otherwise
@@ -261,33 +244,42 @@ def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
-def _counted_run(model, optimizer, batches, loss_fn, steps, device, autocast_dtype, why: str) -> MemoryReport:
-    """Fallback: count tensors directly instead of tracking every allocation."""
-    params = _storage_bytes(list(model.parameters()) + list(model.buffers()))
-    grads = activations = 0
+class _Counter(StepWatch):
+    """The fallback's view inside a step: tensors saved for backward (activations) and the gradients."""
 
-    saved: list[torch.Tensor] = []
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.batch, self.saved = model, None, []
+        self.activations = self.grads = 0
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.append(t)
+    def forward(self):  # noqa: ANN201 - a context manager
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.saved.append(t)
         return t
 
+    def grads_ready(self) -> None:
+        # saved tensors that are parameters are not activations
+        param_ptrs = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        acts = [t for t in self.saved if t.untyped_storage().data_ptr() not in param_ptrs]
+        self.activations = max(self.activations, _storage_bytes(acts + list(iter_tensors(self.batch))))
+        self.saved.clear()
+        self.grads = max(self.grads, _storage_bytes(p.grad for p in self.model.parameters() if p.grad is not None))
+
+
+def _counted_run(model, optimizer, batches, train_step: TrainingStep, device, why: str) -> MemoryReport:
+    """Fallback: count tensors directly instead of tracking every allocation."""
+    params = _storage_bytes(list(model.parameters()) + list(model.buffers()))
+    counter = _Counter(model)
     for i, batch in enumerate(batches):
         batches[i] = None
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, autocast_dtype):
-            loss = loss_fn(model, batch)
-        # saved tensors that are parameters are not activations
-        param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        acts = [t for t in saved if t.untyped_storage().data_ptr() not in param_ptrs]
-        activations = max(activations, _storage_bytes(acts + list(iter_tensors(batch))))
-        saved.clear()
-        loss.backward()
-        grads = max(grads, _storage_bytes(p.grad for p in model.parameters() if p.grad is not None))
-        optimizer.step()
-        del batch, loss, acts
+        counter.batch = batch
+        train_step(model, optimizer, batch, i + 1, counter)
+        counter.batch = None
+        del batch
     opt_bytes = optimizer_state_bytes(optimizer)
-    by_cat = {"params": params, "grads": grads, "optimizer": opt_bytes, "activations": activations, "temporaries": 0}
+    by_cat = {"params": params, "grads": counter.grads, "optimizer": opt_bytes, "activations": counter.activations,
+              "temporaries": 0}
     method = (
         f"fallback (MemTracker failed: {why}): params, grads and optimizer state counted from tensors, "
         f"activations = bytes saved for backward plus the batch, temporaries not measured; "
@@ -301,18 +293,20 @@ def measure_training_memory(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Any] | Iterator[Any],
-    loss_fn: LossFn,
+    train_step: TrainingStep | LossFn,
     *,
     steps: int = 2,
-    autocast_dtype: torch.dtype | None = None,
 ) -> MemoryReport:
     """Run ``steps`` training steps under tensor-level tracking and report the peak.
 
-    Each step is ``zero_grad(set_to_none=True)``, forward (under autocast when
-    ``autocast_dtype`` is given), backward, ``optimizer.step()``. ``model`` and
-    ``optimizer`` are trained by those steps; run this on a copy if that matters.
-    ``batches`` yields what ``loss_fn(model, batch)`` takes; ``steps`` of them are used.
+    Each step is ``train_step`` (``optbench.loop.TrainingStep``, the step the timed pass runs:
+    autocast, forward, backward, clipping, lr schedule, ``optimizer.step()``, ``zero_grad``); a
+    bare loss function means ``TrainingStep(loss_fn)``. ``model`` and ``optimizer`` are trained
+    by those steps; run this on a copy if that matters. ``batches`` yields what the loss takes;
+    ``steps`` of them are used.
     """
+    if not isinstance(train_step, TrainingStep):
+        train_step = TrainingStep(train_step)
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     device = model_device(model)
@@ -325,13 +319,13 @@ def measure_training_memory(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         # the list is handed over: the run drops each batch after its step
-        report = _tracked_run(model, optimizer, todo, loss_fn, steps, device, autocast_dtype)
+        report = _tracked_run(model, optimizer, todo, train_step, device)
     except Exception as exc:  # noqa: BLE001 - any tracker failure falls back, and the method says why
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
         todo = _prefetch(source if source is not None else iter(batches), steps)
-        report = _counted_run(model, optimizer, todo, loss_fn, steps, device, autocast_dtype, why)
+        report = _counted_run(model, optimizer, todo, train_step, device, why)
     if on_cuda:
         torch.cuda.synchronize(device)
         report.cuda_max_allocated = int(torch.cuda.max_memory_allocated(device))

@@ -9,7 +9,6 @@ it holds: everything that differs is declared in their specs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -23,6 +22,7 @@ import torch
 
 from optbench import registry
 from optbench.env import default_device, environment
+from optbench.loop import StepWatch, TrainingStep
 from optbench.lrs import resolve_lr
 from optbench.records import (
     SCHEMA,
@@ -32,7 +32,6 @@ from optbench.records import (
     read_record,
     write_record,
 )
-from optbench.schedule import apply_lr
 from optbench.spec import Budget, OptimizerSpec, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
 
@@ -48,12 +47,6 @@ class Diverged(Exception):
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(instance: TaskInstance, device: torch.device):
-    if instance.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=instance.autocast_dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -74,10 +67,27 @@ class TrainResult:
     wall_s: float = 0.0
 
 
+class _Clock(StepWatch):
+    """The timed pass's clocks inside a step: when the gradients are ready and when step() returned."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.grads_ready_at = self.stepped_at = 0.0
+
+    def grads_ready(self) -> None:
+        _sync(self.device)
+        self.grads_ready_at = time.perf_counter()
+
+    def stepped(self) -> None:
+        _sync(self.device)
+        self.stepped_at = time.perf_counter()
+
+
 def train(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budget,
           device: torch.device) -> TrainResult:
     """The timed pass: ``budget.steps`` steps, evaluations on the schedule, clocks around each step."""
     model, result = instance.model, TrainResult()
+    train_step, clock = TrainingStep.for_task(instance, budget), _Clock(device)
     model.train()
     start = time.perf_counter()
     for step in range(1, budget.steps + 1):
@@ -85,23 +95,11 @@ def train(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budg
         # samples/s is end-to-end throughput; the optimizer's step() is also timed on its own.
         _sync(device)
         t0 = time.perf_counter()
-        batch = next(instance.batches)
-        apply_lr(optimizer, budget.schedule.factor(step, budget.steps))
-        with _autocast(instance, device):
-            loss = instance.loss_fn(model, batch)
-        loss.backward()
-        if budget.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), budget.grad_clip)
-        _sync(device)
-        t1 = time.perf_counter()
-        optimizer.step()
-        _sync(device)
-        t2 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(model, optimizer, next(instance.batches), step, clock)
         t3 = time.perf_counter()
         if step > budget.warmup_steps:
             result.step_s.append(t3 - t0)
-            result.opt_step_s.append(t2 - t1)
+            result.opt_step_s.append(clock.stepped_at - clock.grads_ready_at)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             result.diverged_at_step = step
@@ -142,8 +140,8 @@ def measure_memory(task: TaskSpec, spec: OptimizerSpec, preset: str, seed: int, 
     seed_everything(seed)
     instance = task.instantiate(preset, seed, device, **task_options)
     optimizer = spec.build(instance.model, lr, **hparams)
-    report = measure_training_memory(instance.model, optimizer, instance.batches, instance.loss_fn,
-                                     steps=MEMORY_PASS_STEPS, autocast_dtype=instance.autocast_dtype)
+    report = measure_training_memory(instance.model, optimizer, instance.batches,
+                                     TrainingStep.for_task(instance, task.budget(preset)), steps=MEMORY_PASS_STEPS)
     return to_record(report)
 
 

@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from optbench.loop import TrainingStep
 from optbench.model_info import get_model_info
-from optbench.spec import TaskSpec
+from optbench.spec import Budget, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
 
 Axes = tuple[int, ...]
@@ -399,18 +400,11 @@ def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float |
                        params=[i for i, _ in named])
     record_at = set(recorded_steps(steps, every))
     train_s = stats_s = 0.0
+    train_step = proxy_step(inst, budget)
     model.train()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        batch = next(inst.batches)
-        with _autocast(device, inst.autocast_dtype):
-            loss = inst.loss_fn(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if budget.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), budget.grad_clip)
-        optimizer.step()
-        value = float(loss.detach())
+        value = float(train_step(model, optimizer, next(inst.batches), step))
         train_s += time.perf_counter() - t0
         if not math.isfinite(value):
             raise RuntimeError(f"proxy run diverged at step {step} (loss {value}) with lr {lr:g}; lower --lr-scale")
@@ -435,12 +429,12 @@ def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float |
     return trace
 
 
-def _autocast(device: str, dtype: torch.dtype | None):
-    import contextlib
+def proxy_step(instance: TaskInstance, budget: Budget) -> TrainingStep:
+    """The proxy's training step: the task's loss, autocast and clipping, at a constant lr.
 
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    No lr schedule: the rules files in ``optimizers/rules/`` were derived at a constant proxy lr.
+    """
+    return TrainingStep.for_task(instance, budget, schedule=False)
 
 
 # ---------------------------------------------------------------------------------------------

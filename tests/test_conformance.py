@@ -23,6 +23,7 @@ import pytest
 import torch
 from conformance_model import TASK, build_model, conformance_hparams, fixed_batch, loss_fn
 
+from optbench.loop import NO_WATCH, StepWatch, TrainingStep
 from optbench.model_info import get_model_info
 from optbench.registry import optimizers
 from optbench.spec import OptimizerSpec
@@ -88,16 +89,11 @@ def spec_of(request) -> OptimizerSpec:
     return optimizers()[request.node.callspec.params["hparams"]]
 
 
-def train(model, optimizer, steps: int, batch=None) -> list[float]:
+def train(model, optimizer, steps: int, batch=None, watch: StepWatch = NO_WATCH) -> list[float]:
+    """``steps`` runs of optbench's one training step on one batch (constant lr); the losses before each."""
     batch = batch if batch is not None else fixed_batch()
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    train_step = TrainingStep(loss_fn)
+    return [train_step(model, optimizer, batch, step, watch).item() for step in range(1, steps + 1)]
 
 
 def params_of(model) -> dict[str, torch.Tensor]:
@@ -154,15 +150,19 @@ def test_none_and_zero_gradients(hparams, request):
     named = list(model.named_parameters())
     never = {n for i, (n, _) in enumerate(named) if i % 3 == 0}  # grad stays None throughout
     before = params_of(model)
-    for step in range(3):
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model, fixed_batch()).backward()
-        for i, (name, p) in enumerate(named):
-            if name in never:
-                p.grad = None
-            elif i % 3 == 1 or step == 2:  # all-zero gradient (every tensor on the last step)
-                p.grad.zero_()
-        optimizer.step()
+
+    class EditGradients(StepWatch):
+        step = 0
+
+        def grads_ready(self) -> None:
+            self.step += 1
+            for i, (name, p) in enumerate(named):
+                if name in never:
+                    p.grad = None
+                elif i % 3 == 1 or self.step == 3:  # all-zero gradient (every tensor on the last step)
+                    p.grad.zero_()
+
+    train(model, optimizer, 3, watch=EditGradients())
     after = params_of(model)
     bad = [n for n, p in after.items() if not torch.isfinite(p).all()]
     assert not bad, f"non-finite parameters: {bad}"

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import optbench.memory as memory
+from optbench.loop import TrainingStep
 from optbench.memory import CATEGORIES, measure_optimizer_steps, measure_training_memory, to_record
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes, param_bytes
@@ -166,8 +167,8 @@ def test_to_record_has_the_design_keys():
 
 def test_autocast_bf16_runs_and_reports():
     model = mlp()
-    report = measure_training_memory(model, build("adamw", model), stream(), xent,
-                                     autocast_dtype=torch.bfloat16)
+    report = measure_training_memory(model, build("adamw", model), stream(),
+                                     TrainingStep(xent, autocast_dtype=torch.bfloat16))
     # bf16 casts of the fp32 weights are activations/temporaries, never params
     assert report.peak_by_category["params"] == param_bytes(model.parameters())
 

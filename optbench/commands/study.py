@@ -318,7 +318,7 @@ def _proxy_peak_bytes(ctx: Context, task: str, measure) -> int | None:
     spec = registry.get_task(task)
     inst = spec.instantiate(ctx.preset, ctx.seed, "cpu")
     opt = torch.optim.Adam(inst.model.parameters(), lr=snr.proxy_lr(spec, 0.1))
-    report = measure(inst.model, opt, inst.batches, inst.loss_fn, steps=2, autocast_dtype=inst.autocast_dtype)
+    report = measure(inst.model, opt, inst.batches, snr.proxy_step(inst, spec.budget(ctx.preset)), steps=2)
     return getattr(report, "peak_bytes", None)
 
 
