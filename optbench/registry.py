@@ -16,11 +16,15 @@ from pathlib import Path
 
 from optbench.spec import OptimizerSpec, TaskSpec
 
-PRESETS = ("smoke", "cpu", "gpu")
+PRESETS = ("smoke", "cpu", "gpu", "gpu_check")
+# Presets sized for a GPU: their default device is CUDA (optbench.env.default_device) and their
+# default tasks are the GPU tier. gpu_check is a few steps per cell, to check a lent GPU end to end.
+GPU_PRESETS = ("gpu", "gpu_check")
 ENTRY_POINT_GROUP = "optbench.optimizers"
 
 _OPTIMIZERS: dict[str, OptimizerSpec] = {}
 _TASKS: dict[str, TaskSpec] = {}
+_PLUGIN_FILES: list[Path] = []  # in load order, so workers of a cluster can load the same ones
 _loaded = False
 
 
@@ -82,6 +86,12 @@ def load_plugin(path: str | Path) -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     spec.loader.exec_module(module)
+    _PLUGIN_FILES.append(path.resolve())
+
+
+def plugin_files() -> list[Path]:
+    """The ``--plugin`` files loaded in this process, in load order."""
+    return list(_PLUGIN_FILES)
 
 
 def _get(table: dict, kind: str, name: str):
