@@ -100,8 +100,12 @@ def resolve_device(preset: str, device: str | None = None) -> str:
 DEVICE_KINDS = ("cpu", "cuda")  # what a run may be given (spec.DEVICES); "cuda:N" names one GPU
 
 
-def check_device(device: str) -> str:
-    """``device`` when a run can use it here; a UsageError naming it and the accepted ones otherwise."""
+def check_device(device: str, here: bool = True) -> str:
+    """``device`` when a run can use it (``here``: on this machine); a UsageError naming it otherwise.
+
+    ``here=False`` checks the name only: runs that execute on other machines (a Ray cluster)
+    may ask for CUDA from a driver that has none.
+    """
     from optbench.errors import UsageError
 
     try:
@@ -110,7 +114,7 @@ def check_device(device: str) -> str:
         kind = None
     if kind not in DEVICE_KINDS:
         raise UsageError(f"unknown device {device!r}; known: cpu, cuda, cuda:N")
-    if kind == "cuda" and not torch.cuda.is_available():
+    if here and kind == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
                          "use --device cpu")
     return device
