@@ -2,9 +2,10 @@
 
 Same task, optimizer, seed and batches, two loops, run interleaved (A B, B A, ...):
 
-- bare:  forward, backward, (grad clip if the task's budget clips), step, zero_grad; nothing else.
-- timed: ``optbench.runner.train``, the runner's timed pass, with its clocks, device syncs,
-  ``loss.item()`` every step and curve logging. Evaluation is taken out of the comparison:
+- bare:  ``optbench.loop.TrainingStep`` (the one training step: lr schedule, forward, backward,
+  clipping if the budget clips, step, zero_grad) in a loop; nothing else.
+- timed: ``optbench.runner.train``, the runner's timed pass: the same step with its clocks, device
+  syncs, ``loss.item()`` every step and curve logging. Evaluation is taken out of the comparison:
   the budget evaluates only at the last step (``eval_every = steps``) and the instance's
   ``evaluate`` is swapped for a no-op, so both loops do the same training work.
 
@@ -14,11 +15,9 @@ number of steps x samples per step over that wall time. The overhead is
 itself reports (batch size / its median per-step time, warm-up steps excluded),
 for comparison with the bare loop.
 
-Run (a few minutes on 2 CPU cores; needs a quiet machine to mean anything):
+Run (needs a quiet machine to mean anything)::
 
     python benchmarks/timing_overhead.py --task digits-mlp --optimizer adamw --preset cpu --steps 300 --repeats 7
-
-The CUDA path (``--device cuda``) has not been run on the machine this was written on.
 """
 
 from __future__ import annotations
@@ -36,24 +35,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a c
 
 from optbench import registry  # noqa: E402
 from optbench.lrs import resolve_lr  # noqa: E402
-from optbench.runner import _autocast, _sync, seed_everything, train  # noqa: E402
+from optbench.loop import TrainingStep  # noqa: E402
+from optbench.runner import _sync, seed_everything, train  # noqa: E402
 from optbench.spec import Budget, EvalResult, TaskInstance  # noqa: E402
 
 TARGET_PCT = 3.0
 
 
-def bare_loop(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budget, device: torch.device) -> None:
-    model = instance.model
+def bare_loop(instance: TaskInstance, optimizer: torch.optim.Optimizer, budget: Budget) -> None:
+    model, train_step = instance.model, TrainingStep.for_task(instance, budget)
     model.train()
-    for _ in range(budget.steps):
-        batch = next(instance.batches)
-        with _autocast(instance, device):
-            loss = instance.loss_fn(model, batch)
-        loss.backward()
-        if budget.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), budget.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    for step in range(1, budget.steps + 1):
+        train_step(model, optimizer, next(instance.batches), step)
 
 
 def one_repeat(mode: str, args: argparse.Namespace, device: torch.device) -> tuple[float, float | None]:
@@ -68,7 +61,7 @@ def one_repeat(mode: str, args: argparse.Namespace, device: torch.device) -> tup
     _sync(device)
     start = time.perf_counter()
     if mode == "bare":
-        bare_loop(instance, optimizer, budget, device)
+        bare_loop(instance, optimizer, budget)
         reported = None
     else:
         result = train(instance, optimizer, budget, device)
