@@ -1,8 +1,31 @@
-"""Learning-rate sweeps: run each optimizer at several learning rates and keep the best.
+"""Learning-rate tuning: one protocol chooses every optimizer's lr, AdamW's included.
 
-The winner per (preset, task, optimizer) goes into ``tasks/tuned_lrs.json``, which every run
-reads (``optbench.lrs``), and the whole table into ``results/sweeps/<preset>-<task>.md``.
-A diverged or errored run ranks below every finished one. Ties keep the smaller lr.
+Per (task, optimizer) (DESIGN.md "Protocol"; in the spirit of DeepOBS's and AlgoPerf's
+tuning rules, and of successive halving, Jamieson & Talwalkar 2016):
+
+1. Grid: ``points`` log-spaced lrs, ``ratio`` apart, centred on the optimizer's starting lr
+   for the task (the lr it runs at before any sweep). Never an earlier sweep's winner: a rerun
+   asks for the same grid and reuses its stored runs.
+2. Every lr runs on the first tuning seed.
+3. Successive halving: the best lr so far and its two neighbours run on every tuning seed.
+   The best lr is the lowest mean over the tuning seeds among the lrs that ran on all of them
+   (before any has, the lowest on the first seed).
+4. A best lr at an end of the grid means the optimum may lie beyond it: the grid grows one
+   step past that end (the grid's own ratio there), at most ``max_extensions`` times; a best
+   lr still at the end is flagged. When no lr finishes at all, the grid grows downwards.
+
+Steps 3 and 4 repeat until the best lr is interior (or flagged) and it and both neighbours
+ran on every tuning seed.
+
+Criterion: the final held-out loss (``metrics.eval_loss``, lower is better), the tasks'
+primary metric; a record without one is ranked by its final metric. A diverged or errored
+run counts as worst: an lr where any seed failed ranks below every lr that finished. Ties
+keep the smaller lr. The tuning seeds (100, 101) are apart from the board's seeds (0-4), so
+the lr is not chosen on the very noise the board's verdicts are then computed from.
+
+Sweep runs skip the memory pass and go through the runner's grid, hence the run store: a
+sweep is resumable and reuses every finished run. ``optbench.sweep_files`` writes and reads
+what a sweep publishes (``results/sweeps/<preset>/``) and checks it against the protocol.
 """
 
 from __future__ import annotations
@@ -10,126 +33,263 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
+from optbench.errors import UsageError
 
-from optbench import registry
-from optbench.lrs import TUNED_LRS_PATH, forget_cached_table
-from optbench.runner import make_cells, run_grid
+# The runner, registry and lr table import torch: they are imported where used, so that the CLI
+# can read the protocol's defaults (``Protocol``) without loading torch.
+
+# What a published sweep must meet (checked by optbench.sweep_files.audit).
+MIN_POINTS = 6
+MAX_RATIO = 2.2
+RATIO_ROUNDING = 1.01  # lrs are rounded to 3 digits, which can stretch one step by up to 1%
+MIN_SEEDS = 2
 
 
-def candidate_lrs(task: str, optimizer: str, preset: str, lrs: Sequence[float] | None,
-                  factors: Sequence[float] | None) -> list[float]:
-    """Absolute ``lrs``, or ``factors`` times the task's starting lr for the optimizer.
+@dataclass(frozen=True)
+class Protocol:
+    """The tuning protocol's settings; the defaults are what ``nox -s publish`` runs."""
 
-    The base is the task's declared starting lr, never an earlier sweep's winner, so running
-    the same sweep again asks for the same grid (and reuses its stored runs).
+    points: int = 7  # initial grid size: the starting lr and 3 steps either side
+    ratio: float = 2.0  # factor between neighbouring lrs
+    seeds: tuple[int, ...] = (100, 101)  # the first runs every lr; all run the best and its neighbours
+    max_extensions: int = 4  # how often the grid may grow past an end
+
+    def __post_init__(self) -> None:
+        if self.points < 1:
+            raise UsageError(f"--points must be >= 1, got {self.points}")
+        if not self.ratio > 1:
+            raise UsageError(f"--ratio must be > 1, got {self.ratio}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"--seeds must be distinct integers, got {list(self.seeds)}")
+        if self.max_extensions < 0:
+            raise UsageError(f"--max-extensions must be >= 0, got {self.max_extensions}")
+
+
+def round_lr(lr: float) -> float:
+    """Three significant digits: grids read cleanly and the same grid gives the same run keys."""
+    return float(f"{lr:.3g}")
+
+
+def log_grid(start: float, points: int, ratio: float) -> list[float]:
+    """``points`` lrs ``ratio`` apart around ``start`` (the extra point of an even count goes below)."""
+    low = -(points // 2)
+    return sorted({round_lr(start * ratio**k) for k in range(low, low + points)})
+
+
+def starting_lr(task: str, optimizer: str, preset: str) -> float:
+    """The lr a run of this cell gets when no sweep has chosen one (the grid's centre)."""
+    from optbench import registry
+    from optbench.lrs import resolve_lr
+
+    no_table = Path(__file__).with_name("no-tuned-lrs.json")  # never created: resolution without a sweep
+    return resolve_lr(registry.get_task(task), registry.get_optimizer(optimizer), preset, path=no_table)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials and the choice among them (pure: no runs involved)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One sweep run: what the published CSV holds per row."""
+
+    lr: float
+    seed: int
+    status: str  # ok | diverged | error
+    eval_loss: float | None = None
+    final_metric: float | None = None
+    higher_is_better: bool = False  # of final_metric
+    wall_s: float | None = None
+
+    @property
+    def value(self) -> float:
+        """The criterion, lower is better: held-out loss (else the oriented final metric); inf when failed."""
+        if self.status != "ok":
+            return math.inf
+        if self.eval_loss is not None and math.isfinite(self.eval_loss):
+            return float(self.eval_loss)
+        if self.final_metric is not None and math.isfinite(self.final_metric):
+            return -float(self.final_metric) if self.higher_is_better else float(self.final_metric)
+        return math.inf
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Trial:
+        metrics = record["metrics"]
+        return cls(lr=float(record["hparams"]["lr"]), seed=int(record["seed"]), status=record["status"],
+                   eval_loss=metrics.get("eval_loss"), final_metric=metrics.get("final_metric"),
+                   higher_is_better=bool(metrics.get("higher_is_better")),
+                   wall_s=(record.get("timing") or {}).get("wall_s"))
+
+
+def values_by_lr(trials: Sequence[Trial]) -> dict[float, dict[int, float]]:
+    """{lr: {seed: criterion value}}."""
+    out: dict[float, dict[int, float]] = {}
+    for t in trials:
+        out.setdefault(t.lr, {})[t.seed] = t.value
+    return out
+
+
+def best_lr(trials: Sequence[Trial], seeds: Sequence[int]) -> float | None:
+    """The lr the protocol chooses from these trials (step 3 of the module docstring); None if none finished.
+
+    Among lrs that ran on every seed, the lowest mean; if none of those finished, the best first-seed
+    value among the lrs not yet run on every seed (the next one successive halving promotes).
     """
-    if lrs:
-        return sorted(float(x) for x in lrs)
-    if not factors:
-        raise ValueError("give --lrs or --lr-factors")
-    spec = registry.get_optimizer(optimizer)
-    base = registry.get_task(task).default_lrs.get(optimizer, spec.default_lr)
-    return sorted(float(f"{base * f:.3g}") for f in factors)
+    by_lr = values_by_lr(trials)
+    full = {lr: statistics.fmean(v[s] for s in seeds) for lr, v in by_lr.items() if all(s in v for s in seeds)}
+    pool = {lr: v for lr, v in full.items() if math.isfinite(v)}
+    if not pool:
+        pool = {lr: v[seeds[0]] for lr, v in by_lr.items()
+                if lr not in full and seeds[0] in v and math.isfinite(v[seeds[0]])}
+    if not pool:
+        return None
+    return min(pool, key=lambda lr: (pool[lr], lr))
 
 
-def score(records: Sequence[Mapping[str, Any]], higher_is_better: bool) -> float:
-    """Mean final metric over seeds, oriented so larger is better; -inf if any seed failed."""
-    values = [r["metrics"]["final_metric"] for r in records]
-    if any(r["status"] != "ok" or v is None or not math.isfinite(v) for r, v in zip(records, values)):
-        return -math.inf
-    mean = statistics.fmean(values)
-    return mean if higher_is_better else -mean
+def neighbourhood(grid: Sequence[float], lr: float) -> list[float]:
+    """``lr`` and its neighbours on the sorted grid."""
+    i = grid.index(lr)
+    return list(grid[max(0, i - 1): i + 2])
 
 
-def sweep(task: str, optimizers: Sequence[str], *, preset: str, seeds: Sequence[int], runs_dir: str | Path,
-          lrs: Sequence[float] | None = None, factors: Sequence[float] | None = None, progress: bool = True,
-          device: str | None = None, max_extensions: int = 2) -> dict[str, dict]:
-    """Run the sweep; return {optimizer: {"best_lr", "at_edge", "results": [{lr, mean, std, statuses}]}}.
+def _step_beyond(grid: Sequence[float], upwards: bool, ratio: float) -> float:
+    """One more lr past an end of the grid, at the grid's own ratio there."""
+    if len(grid) >= 2:
+        ratio = grid[-1] / grid[-2] if upwards else grid[1] / grid[0]
+    return round_lr(grid[-1] * ratio) if upwards else round_lr(grid[0] / ratio)
 
-    A best lr at either end of an optimizer's grid means the optimum may lie beyond it, so the
-    grid is extended one step (the grid's own ratio) past that end, at most ``max_extensions``
-    times; a winner still at the edge after that is flagged ``at_edge``.
+
+@dataclass
+class LrSearch:
+    """The protocol's state for one (task, optimizer): which runs it still needs, and its choice."""
+
+    grid: list[float]
+    protocol: Protocol
+    trials: dict[tuple[float, int], Trial] = field(default_factory=dict)
+    extensions: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.grid or any(not (lr > 0 and math.isfinite(lr)) for lr in self.grid):
+            raise UsageError(f"learning rates must be positive numbers, got {self.grid}")
+        self.grid = sorted(set(self.grid))
+
+    def add(self, trial: Trial) -> None:
+        self.trials[(trial.lr, trial.seed)] = trial
+
+    def _missing(self, lrs: Sequence[float], seeds: Sequence[int]) -> list[tuple[float, int]]:
+        return [(lr, s) for lr in lrs for s in seeds if (lr, s) not in self.trials]
+
+    def _grow(self, upwards: bool) -> list[tuple[float, int]]:
+        self.extensions += 1
+        lr = _step_beyond(self.grid, upwards, self.protocol.ratio)
+        self.grid = sorted({*self.grid, lr})
+        return [(lr, self.protocol.seeds[0])]
+
+    def wanted(self) -> list[tuple[float, int]]:
+        """The (lr, seed) runs needed next; empty when the search is done."""
+        seeds = self.protocol.seeds
+        missing = self._missing(self.grid, seeds[:1])
+        if missing:
+            return missing
+        can_grow = self.extensions < self.protocol.max_extensions
+        best = self.chosen_lr
+        if best is None:  # nothing finished: the grid starts too high
+            return self._grow(upwards=False) if can_grow else []
+        if can_grow and len(self.grid) > 1 and best in (self.grid[0], self.grid[-1]):
+            return self._grow(upwards=best == self.grid[-1])
+        return self._missing(neighbourhood(self.grid, best), seeds)
+
+    @property
+    def chosen_lr(self) -> float | None:
+        return best_lr(list(self.trials.values()), self.protocol.seeds)
+
+
+@dataclass
+class SweepResult:
+    """What one (task, optimizer) sweep found."""
+
+    optimizer: str
+    start_lr: float | None
+    seeds: tuple[int, ...]
+    trials: list[Trial]
+    chosen_lr: float | None
+
+    @property
+    def grid(self) -> list[float]:
+        return sorted({t.lr for t in self.trials})
+
+    @property
+    def at_edge(self) -> bool:
+        grid = self.grid
+        return self.chosen_lr is not None and len(grid) > 1 and self.chosen_lr in (grid[0], grid[-1])
+
+    def seeds_at(self, lr: float) -> list[int]:
+        return sorted(t.seed for t in self.trials if t.lr == lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | Path,
+          protocol: Protocol = Protocol(), lrs: Sequence[float] | None = None, device: str | None = None,
+          task_options: Mapping[str, Any] | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict[str, SweepResult]:
+    """Tune every optimizer's lr on ``task`` by the protocol; ``lrs`` replaces the generated grid.
+
+    All optimizers advance together: each round hands every run any search still needs to one
+    call of the runner's grid (so an executor can spread them), then feeds the records back.
     """
-    spec = registry.get_task(task)
-    grid = {name: candidate_lrs(task, name, preset, lrs, factors) for name in optimizers}
-    for extension in range(max_extensions + 1):
-        results = _run_and_score(task, spec.metric.higher_is_better, grid, preset=preset, seeds=seeds,
-                                 runs_dir=runs_dir, device=device, progress=progress)
-        grown = False
-        for name, entry in results.items():
-            lrs_tried = grid[name]
-            entry["at_edge"] = len(lrs_tried) > 1 and entry["best_lr"] in (lrs_tried[0], lrs_tried[-1])
-            if entry["at_edge"] and extension < max_extensions:
-                if entry["best_lr"] == lrs_tried[0]:
-                    grid[name] = [float(f"{lrs_tried[0] * lrs_tried[0] / lrs_tried[1]:.3g}"), *lrs_tried]
-                else:
-                    grid[name] = [*lrs_tried, float(f"{lrs_tried[-1] * lrs_tried[-1] / lrs_tried[-2]:.3g}")]
-                grown = True
-        if not grown:
+    from optbench import registry
+    from optbench.runner import make_cells, run_grid
+
+    registry.check_preset(preset)
+    registry.get_task(task).budget(preset)
+    starts = {name: starting_lr(task, name, preset) for name in optimizers}
+    searches = {name: LrSearch(list(lrs) if lrs else log_grid(starts[name], protocol.points, protocol.ratio),
+                               protocol) for name in optimizers}
+    options = {task: dict(task_options or {})}
+    while True:
+        wanted = [(name, lr, seed) for name, search in searches.items() for lr, seed in search.wanted()]
+        if not wanted:
             break
-    return results
+        cells = [cell for name, lr, seed in wanted for cell in make_cells([task], [name], [seed], {"lr": lr}, options)]
+        outcome = run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, progress=progress,
+                           measure_memory_pass=False, log=log)
+        if len(outcome.records) != len(cells):
+            raise RuntimeError(f"sweep of {task}: {len(cells) - len(outcome.records)} run(s) left no record")
+        for (name, _, _), record in zip(wanted, outcome.records, strict=True):
+            searches[name].add(Trial.from_record(record))
+    return {name: SweepResult(name, starts[name], protocol.seeds, sorted(s.trials.values(), key=lambda t: (t.lr, t.seed)),
+                              s.chosen_lr) for name, s in searches.items()}
 
 
-def _run_and_score(task: str, higher_is_better: bool, grid: Mapping[str, Sequence[float]], *, preset: str,
-                   seeds: Sequence[int], runs_dir: str | Path, device: str | None, progress: bool) -> dict[str, dict]:
-    cells = [cell for name, lrs in grid.items() for lr in lrs
-             for cell in make_cells([task], [name], seeds, {"lr": lr})]
-    outcome = run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, progress=progress,
-                       measure_memory_pass=False)
-    by_cell: dict[tuple[str, float], list[dict]] = {}
-    for cell, record in zip(cells, outcome.records, strict=True):
-        by_cell.setdefault((cell.optimizer, cell.hparams["lr"]), []).append(record)
-    results: dict[str, dict] = {}
-    for (name, lr), records in sorted(by_cell.items()):
-        values = [r["metrics"]["final_metric"] for r in records if r["status"] == "ok"]
-        entry = results.setdefault(name, {"results": []})
-        entry["results"].append({
-            "lr": lr, "score": score(records, higher_is_better),
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-            "statuses": sorted({r["status"] for r in records}),
-        })
-    for entry in results.values():
-        best = max(entry["results"], key=lambda row: (row["score"], -row["lr"]))
-        entry["best_lr"] = best["lr"] if math.isfinite(best["score"]) else None
-    return results
+def tune_lr(task: str, optimizer: str, preset: str, *, runs_dir: str | Path, protocol: Protocol = Protocol(),
+            device: str | None = None, task_options: Mapping[str, Any] | None = None, progress: bool = True,
+            log: Callable[[str], None] = print) -> SweepResult:
+    """One optimizer's lr on one task by the published protocol (what ``optbench check --tune`` calls)."""
+    return sweep(task, [optimizer], preset=preset, runs_dir=runs_dir, protocol=protocol, device=device,
+                 task_options=task_options, progress=progress, log=log)[optimizer]
 
 
-def update_table(results: Mapping[str, dict], task: str, preset: str, path: Path = TUNED_LRS_PATH) -> None:
+def update_table(results: Mapping[str, SweepResult], task: str, preset: str, path: Path | None = None) -> None:
+    """Write each chosen lr into the tuned-lr table (default ``tasks/tuned_lrs.json``); an optimizer with no
+    finished lr loses its entry."""
+    from optbench.lrs import TUNED_LRS_PATH, forget_cached_table
+
+    path = TUNED_LRS_PATH if path is None else path
     table = json.loads(path.read_text()) if path.exists() else {}
     row = table.setdefault(preset, {}).setdefault(task, {})
-    for name, entry in results.items():
-        if entry["best_lr"] is not None:
-            row[name] = entry["best_lr"]
+    for name, result in results.items():
+        if result.chosen_lr is not None:
+            row[name] = result.chosen_lr
+        else:
+            row.pop(name, None)
     table[preset] = {t: dict(sorted(v.items())) for t, v in sorted(table[preset].items())}
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     forget_cached_table()
-
-
-def write_markdown(results: Mapping[str, dict], task: str, preset: str, seeds: Sequence[int], command: str,
-                   out_dir: Path) -> Path:
-    spec = registry.get_task(task)
-    rows = []
-    for name, entry in sorted(results.items()):
-        for row in entry["results"]:
-            mean = "—" if row["mean"] is None else f"{row['mean']:.4f}" + (
-                "" if row["std"] is None else f" ± {row['std']:.4f}")
-            best = "**best**" + (" (at the grid's edge)" if entry.get("at_edge") else "")
-            rows.append([name, f"{row['lr']:.3g}", mean, ",".join(row["statuses"]),
-                         best if row["lr"] == entry["best_lr"] else ""])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{preset}-{task}.md"
-    direction = "higher" if spec.metric.higher_is_better else "lower"
-    path.write_text(
-        f"# Learning-rate sweep: {task} ({preset} preset)\n\n"
-        f"Made by `{command}`; seeds {','.join(map(str, seeds))}; metric {spec.metric.name} ({direction} is better),"
-        f" mean ± std over seeds. The best lr per optimizer is stored in `tasks/tuned_lrs.json`. A best lr at an"
-        f" end of the grid was extended past that end (up to twice); one still at the edge is marked.\n\n"
-        + tabulate(rows, headers=["optimizer", "lr", spec.metric.name, "status", ""], tablefmt="github") + "\n"
-    )
-    return path
