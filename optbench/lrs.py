@@ -1,4 +1,5 @@
-"""Learning rates: explicit > the committed sweep table > the task's default > the optimizer's.
+"""Learning rates, resolved in this one place: explicit > the committed sweep table > the task's
+entry for the optimizer > the task's AdamW lr x the spec's ``lr_vs_adamw`` > the spec's ``default_lr``.
 
 ``tasks/tuned_lrs.json`` is written by ``optbench sweep`` and read by every run, so the
 leaderboard compares optimizers at their tuned learning rates and says where one was not tuned.
@@ -12,6 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from optbench.spec import OptimizerSpec, TaskSpec
+
+ADAMW = "adamw"  # the baseline whose lr every task declares and other optimizers relate to
+
 
 def _tasks_dir() -> Path:
     """Where the ``optbench.tasks`` package lives (the top-level ``tasks/`` folder of the source tree)."""
@@ -47,6 +51,20 @@ def resolve_lr(task: TaskSpec, optimizer: OptimizerSpec, preset: str, explicit: 
     lr = _load(path).get(preset, {}).get(task.name, {}).get(optimizer.name)
     if lr is not None:
         return float(lr), "sweep"
+    return starting_lr(task, optimizer)
+
+
+def starting_lr(task: TaskSpec, optimizer: OptimizerSpec) -> tuple[float, str]:
+    """The lr before any sweep, and its source: the task's entry for this optimizer ('task'); else
+    the task's AdamW lr x the spec's ``lr_vs_adamw``, to two significant figures ('task'); else the
+    spec's ``default_lr`` ('optimizer').
+
+    The relation is what lets an optimizer no task has heard of (a plugin) start at a learning
+    rate fitted to the task instead of a task-blind default. A sweep starts from here too.
+    """
     if optimizer.name in task.default_lrs:
         return float(task.default_lrs[optimizer.name]), "task"
+    adamw_lr = task.default_lrs.get(ADAMW)
+    if adamw_lr is not None and optimizer.lr_vs_adamw is not None:
+        return float(f"{adamw_lr * optimizer.lr_vs_adamw:.2g}"), "task"
     return float(optimizer.default_lr), "optimizer"

@@ -152,6 +152,8 @@ class TaskSpec:
     metric: Metric
     budgets: Mapping[str, Budget]
     setup: SetupFn
+    # Starting lrs before any sweep: "adamw" (every other optimizer with an ``lr_vs_adamw`` starts at
+    # it x that) and those of optimizers without a relation (e.g. "sgd"). Resolved in optbench.lrs.
     default_lrs: Mapping[str, float] = field(default_factory=dict)
     requires: Requirements = field(default_factory=Requirements)
     options: tuple[str, ...] = ()  # accepted setup options, e.g. ("text_file",)

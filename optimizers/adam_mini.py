@@ -161,6 +161,7 @@ register_optimizer(
         state_bytes=adam_mini_state_bytes,
         defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("adam_mini",)),
         needs_model_info=True,
         description="adam-mini package; blocks from declared roles, d_model/n_heads from the task",

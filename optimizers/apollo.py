@@ -63,6 +63,7 @@ SPEC = register_optimizer(
         state_bytes=apollo_state_bytes,
         defaults=DEFAULTS,
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("apollo_torch",)),
         needs_model_info=True,
         description="apollo-torch APOLLOAdamW (channel-wise scaling) on attention/MLP weights, AdamW elsewhere",

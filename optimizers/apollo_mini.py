@@ -18,6 +18,7 @@ register_optimizer(
         state_bytes=apollo_state_bytes,
         defaults={**DEFAULTS, "rank": 1, "scale_type": "tensor", "scale": 128.0},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("apollo_torch",)),
         needs_model_info=True,
         description="apollo-torch APOLLOAdamW, rank 1, tensor-wise scaling, scale 128",

@@ -64,6 +64,7 @@ register_optimizer(
         defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "rank": 32, "update_proj_gap": 200,
                   "scale": 0.25, "proj_type": "std"},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("galore_torch",)),
         needs_model_info=True,
         description="galore-torch GaLoreAdamW on attention/MLP weights (by role), AdamW elsewhere",

@@ -40,6 +40,7 @@ register_optimizer(
         state_bytes=lion_state_bytes,
         defaults={"betas": (0.9, 0.99), "weight_decay": 0.1},
         default_lr=1e-4,
+        lr_vs_adamw=1 / 3,  # sign update, larger norm than Adam's: its paper uses a 3-10x smaller lr than AdamW
         requires=Requirements(packages=("lion_pytorch",)),
         description="lion-pytorch Lion, pure-PyTorch update (no triton)",
     )

@@ -302,6 +302,7 @@ register_optimizer(
                   "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "quantize_error": True,
                   "impl": "torch"},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         description="MicroAdam in PyTorch: top-k gradient window (int16+bf16) and 4-bit error feedback",
     )
 )

@@ -34,6 +34,7 @@ register_optimizer(
         state_bytes=sgd_state_bytes,
         defaults={"momentum": 0.9, "weight_decay": 0.0, "nesterov": False},
         default_lr=0.05,
+        lr_vs_adamw=None,  # no relation to AdamW's lr: each task declares SGD's
         description="SGD with momentum 0.9",
     )
 )

@@ -382,6 +382,7 @@ register_optimizer(
         state_bytes=slimadam_state_bytes,
         defaults={**DEFAULTS, "rules": None},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         needs_model_info=True,
         input_files=lambda task, hparams: [hparams["rules"]] if isinstance(hparams.get("rules"), str) else [],
         description="SlimAdamW, second moment averaged along axes chosen by layer role (Table 1)",
@@ -397,6 +398,7 @@ register_optimizer(
         state_bytes=slimadam_snr_state_bytes,
         defaults=dict(DEFAULTS),
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(check=snr_rules_available),
         needs_model_info=True,
         input_files=lambda task, hparams: [snr_rules_path(task)],

@@ -217,6 +217,7 @@ register_optimizer(
         defaults={"beta": 0.9, "eps": 1e-8, "weight_decay": 0.0, "decay_rate": -0.5, "growth_rate": 0.999,
                   "vector_reshape": True, "weight_decay_mode": "adamw"},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         description="SMMF: 1-bit sign + rank-1 factors of both moments on a square-matricized view",
     )
 )

@@ -24,7 +24,6 @@ from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, Requirements, TaskInstance, TaskSpec
 from optbench.tasks import cifar10_data
-from optbench.tasks._defaults import default_lrs
 
 SMOKE_TEST_IMAGES = 32  # a ResNet forward on 32x32 costs ~0.25 GMAC per image even when shrunk
 
@@ -76,7 +75,7 @@ SPEC = register_task(
             "gpu": Budget(steps=2000, batch_size=256, eval_every=250, target=0.85, log_every=20),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
+        default_lrs={"adamw": 1e-3, "sgd": 0.05},
         requires=Requirements(packages=("torchvision",)),
         options=("data_dir",),
     )

@@ -25,7 +25,6 @@ from torch.nn import functional as F
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._digits import digits_instance
 
 WIDTH = 32
@@ -99,6 +98,6 @@ SPEC = register_task(
             "gpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.95, log_every=10),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
+        default_lrs={"adamw": 1e-3, "sgd": 0.05},
     )
 )

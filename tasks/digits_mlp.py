@@ -16,7 +16,6 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._digits import digits_instance
 
 HIDDEN = 256
@@ -55,6 +54,6 @@ SPEC = register_task(
             "gpu": Budget(steps=600, batch_size=64, eval_every=100, target=0.95, log_every=10),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
+        default_lrs={"adamw": 1e-3, "sgd": 0.05},
     )
 )

@@ -22,7 +22,6 @@ import torch
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._digits import digits_instance
 from optbench.tasks._transformer import ViT, with_info
 
@@ -54,6 +53,6 @@ SPEC = register_task(
             "gpu": Budget(steps=200, batch_size=32, eval_every=50, target=0.85, log_every=10),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.05),
+        default_lrs={"adamw": 1e-3, "sgd": 0.05},
     )
 )

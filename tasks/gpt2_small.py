@@ -21,7 +21,6 @@ import torch
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._text import bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
 from optbench.tasks._transformer import GPT, with_info
 
@@ -71,7 +70,7 @@ SPEC = register_task(
             "gpu": Budget(steps=600, batch_size=16, eval_every=100, target=2.5, log_every=10, grad_clip=1.0),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=6e-4, sgd_lr=0.1),
+        default_lrs={"adamw": 6e-4, "sgd": 0.1},
         options=("text_file",),
     )
 )

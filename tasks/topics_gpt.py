@@ -23,7 +23,6 @@ import torch
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._text import VOCAB, language_model_instance
 from optbench.tasks._transformer import GPT, with_info
 
@@ -56,7 +55,7 @@ SPEC = register_task(
             "gpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=1e-3, sgd_lr=0.3),
+        default_lrs={"adamw": 1e-3, "sgd": 0.3},
         options=("text_file",),
     )
 )

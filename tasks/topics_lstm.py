@@ -29,7 +29,6 @@ from torch import nn
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._text import VOCAB, language_model_instance
 
 D_EMBED, HIDDEN, N_LAYERS, CONTEXT = 64, 256, 1, 64
@@ -82,7 +81,7 @@ SPEC = register_task(
             "gpu": Budget(steps=100, batch_size=16, eval_every=25, target=3.5, log_every=5),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=1e-2, sgd_lr=1.0),
+        default_lrs={"adamw": 1e-2, "sgd": 1.0},
         options=("text_file",),
     )
 )

@@ -22,7 +22,6 @@ import torch
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
 from optbench.tasks import cifar10_data
-from optbench.tasks._defaults import default_lrs
 from optbench.tasks._transformer import ViT, with_info
 
 FULL = {"patch": 4, "n_layers": 12, "d_model": 384, "n_heads": 6, "d_mlp": 1536}
@@ -61,7 +60,7 @@ SPEC = register_task(
             "gpu": Budget(steps=3000, batch_size=256, eval_every=500, target=0.6, log_every=20, grad_clip=1.0),
         },
         setup=setup,
-        default_lrs=default_lrs(adamw_lr=5e-4, sgd_lr=0.05),
+        default_lrs={"adamw": 5e-4, "sgd": 0.05},
         options=("data_dir",),
     )
 )
