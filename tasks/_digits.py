@@ -1,7 +1,9 @@
 """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), shipped with the package.
 
-A fixed, stratified train/test split (seed 0, 360 test images) that never depends on the
-run's seed, so every run is scored on the same held-out images.
+A fixed, stratified train/test split (seed 0, 720 test images: 40%, as large a held-out set as
+leaves enough to train on) that never depends on the run's seed, so every run is scored on the
+same held-out images. The primary metric is the held-out cross-entropy (continuous, and far
+less noisy than accuracy on a few hundred images); accuracy is kept as a secondary figure.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 
 from optbench.spec import Budget, EvalResult, TaskInstance
 
-TEST_SIZE = 360
+TEST_SIZE = 720
 
 
 @lru_cache(maxsize=1)
@@ -56,14 +58,15 @@ def cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) ->
 
 
 @torch.no_grad()
-def accuracy_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+def held_out_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+    """Held-out cross-entropy (nats) as the metric, accuracy as a secondary figure."""
     was_training = model.training
     model.eval()
     logits = model(x)
     model.train(was_training)
     loss = nn.functional.cross_entropy(logits, y).item()
     acc = (logits.argmax(-1) == y).float().mean().item()
-    return EvalResult(metric=acc, loss=loss)
+    return EvalResult(metric=loss, loss=loss, extra={"accuracy": acc})
 
 
 def digits_instance(model: nn.Module, budget: Budget, seed: int, device: torch.device) -> TaskInstance:
@@ -73,6 +76,6 @@ def digits_instance(model: nn.Module, budget: Budget, seed: int, device: torch.d
         model=model,
         batches=epoch_batches(x_tr, y_tr, budget.batch_size, seed),
         loss_fn=cross_entropy,
-        evaluate=lambda m: accuracy_eval(m, x_te, y_te),
+        evaluate=lambda m: held_out_eval(m, x_te, y_te),
         samples_per_step=budget.batch_size,
     )

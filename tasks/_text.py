@@ -61,9 +61,11 @@ def random_windows(tokens: torch.Tensor, batch_size: int, context: int, seed: in
         yield window[:, :-1], window[:, 1:]
 
 
-def eval_windows(tokens: torch.Tensor, context: int, max_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive non-overlapping held-out windows from the start of the held-out part (fixed)."""
-    n = min((len(tokens) - 1) // context, max_windows)
+def eval_windows(tokens: torch.Tensor, context: int, max_windows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive non-overlapping held-out windows from the start of the held-out part (fixed); all of
+    them when ``max_windows`` is None."""
+    n = (len(tokens) - 1) // context
+    n = n if max_windows is None else min(n, max_windows)
     x = tokens[: n * context].view(n, context).long()
     y = tokens[1 : n * context + 1].view(n, context).long()
     return x, y
@@ -99,7 +101,7 @@ def bits_per_byte_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int, d
 
 
 def language_model_instance(model: nn.Module, budget: Budget, seed: int, device: torch.device, *, context: int,
-                            eval_windows_count: int, text_file: str | None) -> TaskInstance:
+                            eval_windows_count: int | None, text_file: str | None) -> TaskInstance:
     """The language tasks' data, loss and held-out bits/byte around an already-built ``model``."""
     train, held_out = load_corpus(text_file, context)
     x_eval, y_eval = eval_windows(held_out, context, eval_windows_count)
