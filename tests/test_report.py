@@ -7,17 +7,10 @@ import math
 import pandas as pd
 import pytest
 
+from optbench.board import aggregate, geometric_mean, overall, pareto_front, runs_frame
 from optbench.cli import main
 from optbench.records import RunKey, write_record
-from optbench.report import (
-    aggregate,
-    geometric_mean,
-    load_runs,
-    overall,
-    pareto_front,
-    runs_frame,
-    write_report,
-)
+from optbench.report import load_runs, write_report
 
 ENV = {"optbench": "0.1.0", "torch": "2.14.1", "python": "3.11.7", "device": "cpu", "device_name": "Test CPU 9000",
        "cpu": "Test CPU 9000", "threads": 2, "git_commit": "abc1234"}
@@ -200,3 +193,60 @@ def test_real_smoke_run_through_the_cli(tmp_path):
     assert "(plots/digits-mlp_curves.png)" in md
     board = pd.read_csv(out / "leaderboard.csv")
     assert board.loc[0, "metric_mean"] == pytest.approx(record["metrics"]["final_metric"])
+
+
+def test_metric_ci_is_the_t_interval_of_the_mean(runs_dir):
+    adamw = board_of(runs_dir).loc[("task-a", "adamw")]  # 0.8, 0.9, 1.0: std 0.1, t(0.975, 2) = 4.3027
+    assert adamw["metric_ci_low"] == pytest.approx(0.9 - 4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert adamw["metric_ci_high"] == pytest.approx(0.9 + 4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(board_of(runs_dir).loc[("task-b", "sgd"), "metric_ci_low"])  # one seed: no interval
+
+
+def test_step_times_compare_only_within_one_hardware_and_concurrency(runs_dir, tmp_path):
+    for seed, metric in enumerate((0.5, 0.7)):  # task-a sgd again, but measured while 4 runs shared the node
+        record = make_record("task-a", "sgd", seed, metric, state=500, peak=6000, step_s=0.005)
+        record["timing"]["concurrent_runs"] = 4
+        put(runs_dir, record)
+    board = board_of(runs_dir)
+    sgd = board.loc[("task-a", "sgd")]
+    assert not sgd["step_time_comparable"] and math.isnan(sgd["step_time_ratio_to_adamw"])
+    assert sgd["step_ms"] == pytest.approx(5.0)  # the time itself is still shown
+    assert board.loc[("task-b", "sgd"), "step_time_comparable"]
+    md = write_report(runs_dir, tmp_path / "out", "smoke", plots=False).leaderboard_md.read_text()
+    task_a = md.split("## task-a")[1].split("## task-b")[0]
+    assert "| n/c " in task_a and "n/c: step time measured on other hardware" in task_a
+    assert "n/c" not in md.split("## task-b")[1].split("## Overall")[0]
+
+
+def test_columns_the_board_gains_are_rendered_when_present(runs_dir):
+    from optbench.board import build_board
+    from optbench.tables import task_table, texts
+
+    board = build_board(load_runs(runs_dir, "smoke").records)
+    plain = texts(task_table(board.task_cells("task-a")))
+    assert not any("verdict" in label or "bound" in label for label in plain[0])
+    cells = board.cells.assign(verdict=["equivalent", "worse", "equivalent", "better"], diff=[0.0, -0.3, 0.0, -0.5],
+                               ci_low=[0.0, -0.5, 0.0, -0.9], ci_high=[0.0, -0.1, 0.0, -0.1],
+                               step_bound_ratio=[1.5, 2.25, 1.0, 3.0])
+    rows = {r["optimizer"]: r for r in texts(task_table(cells[cells["task"] == "task-a"]))}
+    assert rows["sgd"]["verdict vs AdamW"] == "worse"
+    assert rows["sgd"]["diff vs AdamW (95% CI)"] == "-0.3000 [-0.5000, -0.1000]"
+    assert rows["sgd"]["step ÷ bound"] == "2.25×"
+    labels = list(rows["sgd"])
+    assert labels.index("verdict vs AdamW") == labels.index("accuracy (mean ± std)") + 1
+
+
+def test_board_note_from_the_spec_is_shown_under_the_table(runs_dir, tmp_path, monkeypatch):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from optbench import registry
+
+    sgd, note = registry.get_optimizer("sgd"), "defaults tuned for the sparse regime"
+    noted = (dataclasses.replace(sgd, board_note=note) if "board_note" in {f.name for f in dataclasses.fields(sgd)}
+             else SimpleNamespace(family=sgd.family, board_note=note))
+    monkeypatch.setattr(registry, "optimizers", lambda: {"adamw": registry.get_optimizer("adamw"), "sgd": noted})
+    md = write_report(runs_dir, tmp_path / "out", "smoke", plots=False).leaderboard_md.read_text()
+    assert "Note on `sgd`: defaults tuned for the sparse regime" in md.split("## task-b")[0]
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert set(board["family"]) == {"adam", "sgd"}
