@@ -7,29 +7,39 @@ derived from them), so nothing downstream guesses a layer's job from its name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from torch import nn
 
-ROLES = (
-    "query",
-    "key",
-    "value",
-    "qkv",  # fused query/key/value projection (GPU-tier models that fuse them)
-    "attn_out",
-    "mlp_in",
-    "mlp_out",
-    "embedding",
-    "pos_embedding",
-    "head",
-    "norm",
-    "bias",
-    "conv_in",
-    "conv",
-    "classifier",
-    "linear",
-    "recurrent",
-    "other",
-)
+
+class Role(str, Enum):
+    """What a parameter does in its model. A str enum: ``Role.QUERY == "query"``, and roles read
+    from JSON or rules files, or written as plain strings by a task, compare and hash as members."""
+
+    QUERY = "query"
+    KEY = "key"
+    VALUE = "value"
+    QKV = "qkv"  # fused query/key/value projection (models that fuse them)
+    ATTN_OUT = "attn_out"
+    MLP_IN = "mlp_in"
+    MLP_OUT = "mlp_out"
+    EMBEDDING = "embedding"
+    POS_EMBEDDING = "pos_embedding"
+    HEAD = "head"
+    NORM = "norm"
+    BIAS = "bias"
+    CONV_IN = "conv_in"  # the first layer of a vision model
+    CONV = "conv"
+    CLASSIFIER = "classifier"
+    LINEAR = "linear"
+    RECURRENT = "recurrent"
+    OTHER = "other"
+
+    __str__ = str.__str__  # "query", not "Role.QUERY", in messages, f-strings and file names
+    __format__ = str.__format__
+
+
+ROLES = tuple(Role)
 
 _ATTR = "_optbench_info"
 
@@ -38,7 +48,7 @@ _ATTR = "_optbench_info"
 class ModelInfo:
     """What an optimizer may know about a model beyond its parameters."""
 
-    roles: dict[str, str]
+    roles: dict[str, Role]  # plain strings are accepted and turned into Role members
     d_model: int | None = None
     n_heads: int | None = None
     n_kv_heads: int | None = None
@@ -46,11 +56,13 @@ class ModelInfo:
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad = {name: role for name, role in self.roles.items() if role not in ROLES}
+        known = {r.value for r in Role}
+        bad = {name: role for name, role in self.roles.items() if role not in known}
         if bad:
-            raise ValueError(f"unknown parameter roles {bad}; accepted roles: {', '.join(ROLES)}")
+            raise ValueError(f"unknown parameter roles {bad}; accepted roles: {', '.join(sorted(known))}")
+        object.__setattr__(self, "roles", {name: Role(role) for name, role in self.roles.items()})
 
-    def role(self, name: str) -> str:
+    def role(self, name: str) -> Role:
         try:
             return self.roles[name]
         except KeyError:
@@ -86,20 +98,21 @@ def get_model_info(model: nn.Module, *, required: bool = True) -> ModelInfo | No
     return info
 
 
-def roles_by_suffix(model: nn.Module, rules: list[tuple[str, str]], default: str | None = None) -> dict[str, str]:
+def roles_by_suffix(model: nn.Module, rules: list[tuple[str, str]],
+                    default: str | None = None) -> dict[str, Role]:
     """Build a role map for a task's own model from (name suffix, role) pairs, first match wins.
 
     This is for task authors who know their module names; it is never used to guess roles
     of a foreign model. A parameter that matches no rule gets ``default`` or raises.
     """
-    roles: dict[str, str] = {}
+    roles: dict[str, Role] = {}
     for name, _ in model.named_parameters():
         for suffix, role in rules:
             if name.endswith(suffix):
-                roles[name] = role
+                roles[name] = Role(role)
                 break
         else:
             if default is None:
                 raise ValueError(f"no role rule matches parameter {name!r}")
-            roles[name] = default
+            roles[name] = Role(default)
     return roles
