@@ -1,4 +1,4 @@
-"""Sessions: tests, bench, lint, microbench, check, sweep, studies, projection.
+"""Sessions: tests, bench, lint, microbench, check, sweep, publish, studies, projection.
 
 Every session but lint shares one environment (``.nox/optbench-env``): torch is several GB,
 so it is installed once, and reinstalled only when pyproject.toml changes (a stamp file holds
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,21 +92,34 @@ def projection(session: nox.Session) -> None:
                "--command", "nox -s projection", *session.posargs)
 
 
-CPU_TASKS = ("digits-mlp", "digits-cnn", "digits-vit", "topics-gpt", "topics-lstm")
+def registered_tasks(session: nox.Session, tier: str = "cpu") -> list[str]:
+    """The names of the registered tasks of ``tier``, read from optbench's registry (``optbench tasks --json``)."""
+    out = subprocess.run([str(optbench_env(session)), "-m", "optbench", "tasks", "--json"], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return [task["name"] for task in json.loads(out) if task["tier"] == tier]
 
 
 @nox.session(venv_backend="none")
 def sweep(session: nox.Session) -> None:
-    """Learning-rate sweep of every available optimizer on every CPU task -> tasks/tuned_lrs.json, results/sweeps/."""
-    for task in CPU_TASKS:
-        run_in_env(session, "-m", "optbench", "sweep", "--task", task, "--lr-factors", "0.333,1,3", "--preset", "cpu",
-                   *session.posargs)
+    """Learning-rate sweeps (the tuning protocol) of every available optimizer on every CPU task -> tasks/tuned_lrs.json,
+    results/sweeps/cpu/."""
+    for task in registered_tasks(session):
+        run_in_env(session, "-m", "optbench", "sweep", "--task", task, "--preset", "cpu", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def publish(session: nox.Session) -> None:
+    """Everything published, regenerated: sweeps, the board at the tuned lrs (5 seeds), the report; resumable; writes
+    its total compute time to results/COMPUTE.md. `-- --smoke`: the whole pipeline in minutes, in results/runs-scratch/."""
+    run_in_env(session, "-m", "optbench.publish", "--command",
+               shlex.join(["nox", "-s", "publish", *(["--", *session.posargs] if session.posargs else [])]),
+               *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def snr_rules(session: nox.Session) -> None:
     """Regenerate optimizers/rules/<task>.json for every CPU task (slimadam-snr reads them)."""
-    for task in CPU_TASKS:
+    for task in registered_tasks(session):
         run_in_env(session, "-m", "optbench", "snr", "--task", task, "--preset", "cpu", "--threads", "1",
                    "--out", f"results/snr/rules/{task}", "--rules-out", f"optimizers/rules/{task}.json")
 

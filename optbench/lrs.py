@@ -3,12 +3,15 @@ entry for the optimizer > the task's AdamW lr x the spec's ``lr_vs_adamw`` > the
 
 ``tasks/tuned_lrs.json`` is written by ``optbench sweep`` and read by every run, so the
 leaderboard compares optimizers at their tuned learning rates and says where one was not tuned.
+``OPTBENCH_TUNED_LRS=path`` makes a process read another table instead (``nox -s publish --
+--smoke`` tunes into a scratch table and runs its board from it, leaving the committed one alone).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +26,7 @@ def _tasks_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-TUNED_LRS_PATH = _tasks_dir() / "tuned_lrs.json"
+TUNED_LRS_PATH = Path(os.environ.get("OPTBENCH_TUNED_LRS") or _tasks_dir() / "tuned_lrs.json")
 
 
 @lru_cache(maxsize=4)

@@ -81,13 +81,11 @@ def log_grid(start: float, points: int, ratio: float) -> list[float]:
     return sorted({round_lr(start * ratio**k) for k in range(low, low + points)})
 
 
-def starting_lr(task: str, optimizer: str, preset: str) -> float:
+def starting_lr(task: str, optimizer: str) -> float:
     """The lr a run of this cell gets when no sweep has chosen one (the grid's centre)."""
-    from optbench import registry
-    from optbench.lrs import resolve_lr
+    from optbench import lrs, registry
 
-    no_table = Path(__file__).with_name("no-tuned-lrs.json")  # never created: resolution without a sweep
-    return resolve_lr(registry.get_task(task), registry.get_optimizer(optimizer), preset, path=no_table)[0]
+    return lrs.starting_lr(registry.get_task(task), registry.get_optimizer(optimizer))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +248,7 @@ def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | 
 
     registry.check_preset(preset)
     registry.get_task(task).budget(preset)
-    starts = {name: starting_lr(task, name, preset) for name in optimizers}
+    starts = {name: starting_lr(task, name) for name in optimizers}
     searches = {name: LrSearch(list(lrs) if lrs else log_grid(starts[name], protocol.points, protocol.ratio),
                                protocol) for name in optimizers}
     options = {task: dict(task_options or {})}
