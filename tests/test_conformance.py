@@ -61,6 +61,9 @@ INVALID = {
     "decay_rate": [(0.5, "decay_rate")],
     "growth_rate": [(0.0, "growth_rate")],
     "weight_decay_mode": [("l3", "weight_decay_mode")],
+    "block_size": [(0, "block_size")],
+    "ns_steps": [(0, "ns_steps")],
+    "adjust_lr_fn": [("moonlight", "adjust_lr_fn")],
 }
 
 
