@@ -1,7 +1,7 @@
 """How often does ``optbench check``'s default rule pass or fail known variants at a given budget?
 
 Trains digits-mlp (default: the smoke preset) with seeds 0..N-1 for AdamW and for a few known
-variants, then applies the gate's decision rule (``optbench.check.compare_quality``, defaults)
+variants, then applies the gate's decision rule (``optbench.stats.compare_quality``, defaults)
 to every 3-seed subset and prints the fail rate, the range of shortfalls, of δ and of p:
 
     python examples/check_calibration.py --preset smoke --seeds 10
@@ -21,7 +21,8 @@ import torch
 from tabulate import tabulate
 
 from optbench import registry
-from optbench.check import baseline_lr, compare_quality
+from optbench.check import baseline_lr
+from optbench.stats import compare_quality
 from optbench.runner import run_one
 from optbench.spec import OptimizerSpec
 

@@ -14,6 +14,7 @@ import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from optbench.errors import UsageError
 from optbench.spec import OptimizerSpec, TaskSpec
 
 PRESETS = ("smoke", "cpu", "gpu", "gpu_check")
@@ -28,7 +29,7 @@ _PLUGIN_FILES: list[Path] = []  # in load order, so workers of a cluster can loa
 _loaded = False
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UsageError):
     """A name that is not registered; the message lists the known ones."""
 
 
@@ -85,7 +86,15 @@ def load_plugin(path: str | Path) -> None:
         raise ValueError(f"plugin {str(path)!r} is not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SystemExit as exc:  # a plugin must not decide the exit status of a check
+        del sys.modules[mod_name]
+        raise UsageError(f"plugin {str(path)!r} called sys.exit({exc.code!r}) while loading; "
+                         "a plugin file should only register optimizers") from None
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise UsageError(f"plugin {str(path)!r} failed to load: {type(exc).__name__}: {exc}") from exc
     _PLUGIN_FILES.append(path.resolve())
 
 

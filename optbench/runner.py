@@ -13,27 +13,37 @@ import math
 import statistics
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from optbench import registry
-from optbench.env import default_device, environment
+from optbench.env import REPO_ROOT, check_device, default_device, environment
+from optbench.hparams import check_hparams
 from optbench.loop import StepWatch, TrainingStep
 from optbench.lrs import resolve_lr
 from optbench.records import (
     SCHEMA,
-    CorruptRecordError,
+    BudgetInfo,
+    Curve,
+    Env,
+    Memory,
+    Metrics,
     RunKey,
+    RunRecord,
+    Timing,
     canonical,
-    read_record,
-    write_record,
+    file_digest,
 )
+from optbench.store import Decision, ReusePolicy, RunStore
 from optbench.spec import Budget, OptimizerSpec, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
+
+if TYPE_CHECKING:
+    from optbench.executors import Executor
 
 MEMORY_PASS_STEPS = 2
 
@@ -145,106 +155,175 @@ def measure_memory(task: TaskSpec, spec: OptimizerSpec, preset: str, seed: int, 
     return to_record(report)
 
 
-def _empty_memory(method: str) -> dict:
-    return {"optimizer_state_bytes": None, "peak_bytes": None, "peak_by_category": None, "method": method,
-            "cuda_max_allocated": None, "cuda_max_reserved": None}
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A cell with everything resolved that defines it: the run key is a function of this alone."""
+
+    task: TaskSpec
+    optimizer: OptimizerSpec
+    preset: str
+    seed: int
+    device: str  # "cpu", "cuda" or "cuda:N"
+    lr: float
+    lr_source: str  # explicit, sweep, task or optimizer (optbench.lrs)
+    hparams: dict[str, Any]  # every declared hyperparameter, lr apart
+    task_options: dict[str, Any]
+    inputs: dict[str, str]  # each file the run reads -> digest of its contents
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.task.name, self.optimizer.name, {"lr": self.lr, **self.hparams}, self.seed, self.preset,
+                      torch.device(self.device).type, self.task_options, self.inputs)
+
+
+def resolve_run(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = None, seed: int = 0,
+                preset: str = "cpu", device: str | None = None,
+                task_options: Mapping[str, Any] | None = None) -> ResolvedRun:
+    """Resolve a cell; a bad name or value (task, optimizer, preset, device, hyperparameter) raises a
+    ValueError (``UsageError``) naming it, before anything runs."""
+    registry.check_preset(preset)
+    task_spec, opt_spec = registry.get_task(task), registry.get_optimizer(optimizer)
+    task_spec.budget(preset)
+    hparams = dict(hparams or {})
+    check_hparams(optimizer, opt_spec.defaults, hparams)
+    lr, lr_source = resolve_lr(task_spec, opt_spec, preset, hparams.pop("lr", None))
+    resolved = opt_spec.resolve_hparams(hparams)
+    device = check_device(device or default_device(preset), here=False)
+    options = {k: v for k, v in (task_options or {}).items() if v is not None}
+    return ResolvedRun(task_spec, opt_spec, preset, seed, device, lr, lr_source, resolved, options,
+                       input_digests(task_spec, opt_spec, preset, resolved, options))
+
+
+def input_digests(task: TaskSpec, optimizer: OptimizerSpec, preset: str, hparams: Mapping[str, Any],
+                  task_options: Mapping[str, Any]) -> dict[str, str]:
+    """The files a run reads, as its specs declare them (``input_files``), each with its contents' digest."""
+    paths = [*(optimizer.input_files(task.name, hparams) if optimizer.input_files else ()),
+             *(task.input_files(preset, task_options) if task.input_files else ())]
+    return {_shown_path(Path(p)): file_digest(p) for p in paths}
+
+
+def _shown_path(path: Path) -> str:
+    """A path as records show it: relative to the checkout when inside it, so records do not name a machine."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class _Trained:
+    """What the timed pass leaves for the record."""
+
+    result: TrainResult
+    notes: list[str]
+    samples_per_step: int
+    tokens_per_step: int | None
+    optimizer_class: str
+    state_bytes: int
 
 
 def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = None, seed: int = 0,
             preset: str = "cpu", device: str | None = None, task_options: Mapping[str, Any] | None = None,
-            measure_memory_pass: bool = True) -> dict:
-    """Train one cell and return its run record (status ok, diverged or error; never raises on a failed run).
+            measure_memory_pass: bool = True, not_run: str | None = None) -> dict:
+    """Train one cell and return its run record as JSON (status ok, diverged or error; never raises on a failed run).
 
     ``hparams`` may hold ``lr``; other keys must be the optimizer's declared hyperparameters.
-    Bad names (task, optimizer, preset, hyperparameter) raise ValueError before anything runs.
+    Bad names and values (task, optimizer, preset, device, hyperparameter) raise ValueError
+    before anything runs. ``not_run``: train nothing and return the cell's record as an error
+    with this reason (an executor whose worker died builds the cell's record so).
     """
-    registry.check_preset(preset)
-    task_spec, opt_spec = registry.get_task(task), registry.get_optimizer(optimizer)
-    budget = task_spec.budget(preset)
-    hparams = dict(hparams or {})
-    explicit_lr = hparams.pop("lr", None)
-    lr, lr_source = resolve_lr(task_spec, opt_spec, preset, explicit_lr)
-    resolved = opt_spec.resolve_hparams(hparams)
-    device_t = torch.device(device or default_device(preset))
-    task_options = {k: v for k, v in (task_options or {}).items() if v is not None}
-    record: dict[str, Any] = {
-        "schema": SCHEMA, "task": task, "optimizer": optimizer,
-        "hparams": canonical({"lr": lr, **resolved}), "seed": seed, "preset": preset,
-        "status": "ok", "error": None, "diverged_at_step": None,
-        "env": environment(device_t),
-        "budget": {"steps": budget.steps, "batch_size": budget.batch_size, "tokens_per_step": None,
-                   "schedule": budget.schedule.describe(budget.steps)},
-        "metrics": {"metric_name": task_spec.metric.name, "final_metric": None,
-                    "higher_is_better": task_spec.metric.higher_is_better, "final_train_loss": None,
-                    "eval_loss": None, "steps_to_target": None, "target": budget.target},
-        "memory": _empty_memory("not measured"),
-        "timing": {"step_s_median": None, "optimizer_step_s_median": None, "samples_per_s": None,
-                   "tokens_per_s": None, "wall_s": None},
-        "curve": {"train": [], "eval": []},
-        "lr_source": lr_source, "task_options": canonical(task_options), "notes": [],
-        "run_key": RunKey(task, optimizer, {"lr": lr, **resolved}, seed, preset, device_t.type, task_options).digest(),
-    }
-    wall_start = time.perf_counter()
-    reason = opt_spec.unavailable_reason(device_t.type) or task_spec.requires.unmet(device_t.type)
+    run = resolve_run(task, optimizer, hparams=hparams, seed=seed, preset=preset, device=device,
+                      task_options=task_options)
+    started = time.perf_counter()
+    if not_run is not None:
+        return _record(run, started, error=not_run)
+    reason = run.optimizer.unavailable_reason(run.device) or run.task.requires.unmet(run.device)
     if reason:
-        return _fail(record, f"unavailable: {reason}", wall_start)
+        return _record(run, started, error=f"unavailable: {reason}")
     try:
-        seed_everything(seed)
-        instance = task_spec.instantiate(preset, seed, device_t, **task_options)
-        record["notes"] = list(instance.notes)
-        record["budget"]["tokens_per_step"] = instance.tokens_per_step
-        optimizer_obj = opt_spec.build(instance.model, lr, **resolved)
-        record["optimizer_class"] = f"{type(optimizer_obj).__module__}.{type(optimizer_obj).__qualname__}"
-        result = train(instance, optimizer_obj, budget, device_t)
-        _fill_training(record, result, instance, budget)
-        record["memory"]["optimizer_state_bytes"] = optimizer_state_bytes(optimizer_obj)
-        del optimizer_obj, instance
+        trained = _train_cell(run)
     except Exception as exc:  # noqa: BLE001 - a failing optimizer or task is a result, not a crash
-        return _fail(record, f"{type(exc).__name__}: {exc}", wall_start, traceback.format_exc())
-    if measure_memory_pass and record["status"] == "ok":
-        try:
-            state_bytes = record["memory"]["optimizer_state_bytes"]
-            record["memory"] = measure_memory(task_spec, opt_spec, preset, seed, device_t, lr, resolved, task_options)
-            record["memory"]["optimizer_state_bytes"] = state_bytes
-        except ImportError:
-            record["memory"]["method"] = "peak not measured: optbench.memory unavailable"
-        except Exception as exc:  # noqa: BLE001
-            record["notes"].append(f"memory pass failed: {type(exc).__name__}: {exc}")
-            record["memory"]["method"] = "peak not measured (memory pass failed; see notes)"
-    record["timing"]["wall_s"] = time.perf_counter() - wall_start
-    return record
+        return _record(run, started, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+    memory, notes = Memory.not_measured(), []
+    if measure_memory_pass and trained.result.diverged_at_step is None:
+        memory, notes = _memory_pass(run)
+    memory.optimizer_state_bytes = trained.state_bytes
+    return _record(run, started, trained=trained, memory=memory, notes=notes)
 
 
-def _fill_training(record: dict, result: TrainResult, instance: TaskInstance, budget: Budget) -> None:
-    metrics, timing = record["metrics"], record["timing"]
-    record["curve"] = {"train": result.train_curve, "eval": result.eval_curve}
-    metrics["final_train_loss"] = result.final_train_loss
-    if result.final_eval is not None:
-        metrics["final_metric"] = result.final_eval.metric
-        metrics["eval_loss"] = result.final_eval.loss
-        metrics.update({k: v for k, v in result.final_eval.extra.items() if k not in metrics})
-    metrics["steps_to_target"] = steps_to_target(result.eval_curve, budget.target, metrics["higher_is_better"])
+def _train_cell(run: ResolvedRun) -> _Trained:
+    device = torch.device(run.device)
+    seed_everything(run.seed)
+    instance = run.task.instantiate(run.preset, run.seed, device, **run.task_options)
+    optimizer = run.optimizer.build(instance.model, run.lr, **run.hparams)
+    result = train(instance, optimizer, run.task.budget(run.preset), device)
+    return _Trained(result, list(instance.notes), instance.samples_per_step, instance.tokens_per_step,
+                    f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", optimizer_state_bytes(optimizer))
+
+
+def _memory_pass(run: ResolvedRun) -> tuple[Memory, list[str]]:
+    """The memory section from the memory pass, and a note when the pass failed (the run stays ok)."""
+    try:
+        measured = measure_memory(run.task, run.optimizer, run.preset, run.seed, torch.device(run.device), run.lr,
+                                  run.hparams, run.task_options)
+        return Memory.from_json({"optimizer_state_bytes": None, **measured}, "memory pass"), []
+    except ImportError:
+        return Memory.not_measured("peak not measured: optbench.memory unavailable"), []
+    except Exception as exc:  # noqa: BLE001
+        return (Memory.not_measured("peak not measured (memory pass failed; see notes)"),
+                [f"memory pass failed: {type(exc).__name__}: {exc}"])
+
+
+def _record(run: ResolvedRun, started: float, *, trained: _Trained | None = None, memory: Memory | None = None,
+            notes: Sequence[str] = (), error: str | None = None, trace: str | None = None) -> dict:
+    """The run's record, built once from what the run produced."""
+    budget = run.task.budget(run.preset)
+    metric = run.task.metric
+    result = trained.result if trained else TrainResult()
+    final = result.final_eval
+    diverged = result.diverged_at_step
+    status = "error" if error else "diverged" if diverged is not None else "ok"
     step_s = _median(result.step_s)
-    timing["step_s_median"] = step_s
-    timing["optimizer_step_s_median"] = _median(result.opt_step_s)
-    timing["train_s"] = result.wall_s
-    if step_s:
-        timing["samples_per_s"] = instance.samples_per_step / step_s
-        if instance.tokens_per_step:
-            timing["tokens_per_s"] = instance.tokens_per_step / step_s
-    if result.diverged_at_step is not None:
-        record["status"] = "diverged"
-        record["diverged_at_step"] = result.diverged_at_step
-        metrics["final_metric"] = None
-
-
-def _fail(record: dict, message: str, wall_start: float, trace: str | None = None) -> dict:
-    record["status"] = "error"
-    record["error"] = message
+    tokens_per_step = trained.tokens_per_step if trained else None
+    metrics_extra: dict[str, Any] = {"target": budget.target}
+    if final is not None:
+        metrics_extra |= {k: v for k, v in final.extra.items() if k not in Metrics.__dataclass_fields__}
+    timing_extra = {"train_s": result.wall_s} if trained else {}
+    extra: dict[str, Any] = {
+        "lr_source": run.lr_source, "task_options": canonical(run.task_options),
+        "notes": [*(trained.notes if trained else []), *notes], "run_key": run.key.digest(),
+    }
+    if run.inputs:
+        extra["input_files"] = dict(run.inputs)
+    if trained:
+        extra["optimizer_class"] = trained.optimizer_class
     if trace:
-        record["traceback"] = trace
-    record["timing"]["wall_s"] = time.perf_counter() - wall_start
-    return record
+        extra["traceback"] = trace
+    record = RunRecord(
+        schema=SCHEMA, task=run.task.name, optimizer=run.optimizer.name,
+        hparams=canonical({"lr": run.lr, **run.hparams}), seed=run.seed, preset=run.preset,
+        status=status, error=error, diverged_at_step=diverged,
+        env=Env.from_json(environment(torch.device(run.device)), "env"),
+        budget=BudgetInfo(budget.steps, budget.batch_size, tokens_per_step,
+                          extra={"schedule": budget.schedule.describe(budget.steps)}),
+        metrics=Metrics(
+            metric_name=metric.name,
+            final_metric=float(final.metric) if final is not None and diverged is None else None,
+            higher_is_better=metric.higher_is_better,
+            final_train_loss=result.final_train_loss,
+            eval_loss=None if final is None or final.loss is None else float(final.loss),
+            steps_to_target=steps_to_target(result.eval_curve, budget.target, metric.higher_is_better),
+            extra=metrics_extra),
+        memory=memory or Memory.not_measured(),
+        timing=Timing(
+            step_s_median=step_s, optimizer_step_s_median=_median(result.opt_step_s),
+            samples_per_s=trained.samples_per_step / step_s if trained and step_s else None,
+            tokens_per_s=tokens_per_step / step_s if tokens_per_step and step_s else None,
+            wall_s=time.perf_counter() - started, extra=timing_extra),
+        curve=Curve(result.train_curve, result.eval_curve),
+        extra=extra,
+    )
+    return record.to_json()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,13 +344,10 @@ class Cell:
 
 
 def cell_key(cell: Cell, preset: str, device: str) -> RunKey:
-    """The key a cell's record is stored under: the fully resolved hparams, so a changed lr is a new run."""
-    task_spec, opt_spec = registry.get_task(cell.task), registry.get_optimizer(cell.optimizer)
-    hparams = dict(cell.hparams)
-    lr, _ = resolve_lr(task_spec, opt_spec, preset, hparams.pop("lr", None))
-    resolved = opt_spec.resolve_hparams(hparams)
-    return RunKey(cell.task, cell.optimizer, {"lr": lr, **resolved}, cell.seed, preset, device,
-                  {k: v for k, v in cell.task_options.items() if v is not None})
+    """The key a cell's record is stored under: resolved hparams and input files, so a changed lr or rules
+    file is a new run. Raises a ValueError (``UsageError``) for a bad name or value."""
+    return resolve_run(cell.task, cell.optimizer, hparams=cell.hparams, seed=cell.seed, preset=preset, device=device,
+                       task_options=cell.task_options).key
 
 
 def make_cells(tasks: Iterable[str], optimizers: Iterable[str], seeds: Iterable[int],
@@ -290,61 +366,122 @@ def make_cells(tasks: Iterable[str], optimizers: Iterable[str], seeds: Iterable[
 
 @dataclass
 class GridOutcome:
-    records: list[dict] = field(default_factory=list)  # in the order of the cells given
-    ran: int = 0
-    reused: int = 0
-    failed: list[str] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
+    """What a grid did. ``records`` follows the cells given (a repeated cell shares its record);
+    after Ctrl-C it holds the records finished so far."""
+
+    records: list[dict] = field(default_factory=list)
+    ran: int = 0  # runs done now (a repeated cell runs once)
+    reused: int = 0  # stored records reused
+    failed: list[str] = field(default_factory=list)  # runs done now that did not finish ok
+    reused_failed: list[str] = field(default_factory=list)  # reused records that did not finish ok
+    corrupt: list[str] = field(default_factory=list)  # corrupt files set aside (and rerun)
+    decisions: list[Decision] = field(default_factory=list)  # the store's plan, one per cell
+    by_cell: list[dict | None] = field(default_factory=list)  # one per cell given; None: not finished
+
+    @property
+    def errored(self) -> list[dict]:
+        """Every record of the grid that is an error, run now or reused, once each."""
+        unique = {r.get("run_key") or id(r): r for r in self.records if r["status"] == "error"}
+        return list(unique.values())
+
+
+def _not_ok(record: Mapping[str, Any]) -> str:
+    detail = record["error"] or f"diverged at step {record['diverged_at_step']}"
+    return f"{record['task']} / {record['optimizer']} / seed {record['seed']}: {record['status']} ({detail})"
+
+
+@dataclass
+class GridPlan:
+    """A grid resolved and looked up in the store: one decision per cell (``optbench.store``)."""
+
+    cells: list[Cell]
+    preset: str
+    device: str
+    store: RunStore
+    decisions: list[Decision]
+
+
+def plan_grid(cells: Sequence[Cell], *, preset: str, runs_dir: str | Path, device: str | None = None,
+              rerun_failed: bool = False, reuse: ReusePolicy | None = None, fresh: Sequence[Cell] = (),
+              device_here: bool = True, log: Callable[[str], None] = print) -> GridPlan:
+    """Resolve every cell and look it up in the store; nothing runs.
+
+    A bad name or value, an unwritable runs folder, or a stored record the policy refuses raises a
+    ``UsageError`` here, before any training. Finished runs are reused; error records too unless
+    ``rerun_failed``; ``reuse`` sets another policy (the gate's); ``fresh`` cells are run again.
+    ``device_here=False``: the runs execute elsewhere (a cluster), so CUDA need not be present here.
+    """
+    registry.check_preset(preset)
+    device = check_device(device or default_device(preset), here=device_here)
+    device_type = torch.device(device).type
+    store = RunStore(runs_dir, log=log)
+    keys = [cell_key(cell, preset, device_type) for cell in cells]
+    fresh_keys = {cell_key(cell, preset, device_type).digest() for cell in fresh}
+    store.check_writable()
+    store.clean_temporaries()
+    decisions = store.plan(keys, reuse or ReusePolicy(errors=not rerun_failed), fresh=fresh_keys)
+    return GridPlan(list(cells), preset, device, store, decisions)
+
+
+def execute_grid(plan: GridPlan, *, executor: Executor | None = None, progress: bool = True,
+                 measure_memory_pass: bool = True) -> GridOutcome:
+    """Run what the plan did not reuse and write each record the moment it arrives (a repeated cell runs once).
+
+    ``executor`` (default ``LocalExecutor``: one run after another, in this process) yields each
+    record as its run finishes; only this process writes the store. Ctrl-C loses only the runs in
+    progress: every record written is kept, and a stored one is replaced only by a finished run.
+    """
+    from optbench.executors import LocalExecutor, RunSettings
+
+    cells, decisions = plan.cells, plan.decisions
+    outcome = GridOutcome(decisions=decisions, corrupt=[str(d.path) for d in decisions if d.set_aside])
+    in_order: list[dict | None] = [None] * len(cells)
+    indices: dict[str, list[int]] = {}  # key digest -> the cells that share it
+    todo: list[tuple[int, Cell]] = []
+    for index, (cell, decision) in enumerate(zip(cells, decisions)):
+        digest = decision.key.digest()
+        first = digest not in indices
+        indices.setdefault(digest, []).append(index)
+        if decision.action == "reuse":
+            in_order[index] = decision.record
+            if first:
+                outcome.reused += 1
+                if decision.record["status"] != "ok":
+                    outcome.reused_failed.append(_not_ok(decision.record))
+        elif first:
+            todo.append((index, cell))
+    executor = executor or LocalExecutor()
+    bar = _progress(len(todo), progress)
+    settings = RunSettings(preset=plan.preset, device=plan.device, measure_memory_pass=measure_memory_pass)
+    runs = executor.execute(todo, settings)
+    try:
+        for index, record in runs:
+            decision = decisions[index]
+            plan.store.write(record, decision.path, aside=decision.aside_on_write)
+            for same in indices[decision.key.digest()]:
+                in_order[same] = record
+            outcome.ran += 1
+            if record["status"] != "ok":
+                outcome.failed.append(_not_ok(record))
+                bar.write(f"  {outcome.failed[-1]}")
+            bar.set_postfix_str(cells[index].label, refresh=False)
+            bar.update(1)
+    finally:
+        runs.close()  # abandons the cells not finished (Ctrl-C): the executor stops them
+        bar.close()
+        outcome.by_cell = in_order
+        outcome.records = [r for r in in_order if r is not None]
+    return outcome
 
 
 def run_grid(cells: Sequence[Cell], *, preset: str, runs_dir: str | Path, device: str | None = None,
-             rerun_failed: bool = False, progress: bool = True,
-             measure_memory_pass: bool = True, log=print) -> GridOutcome:
-    """Run every cell not already on disk; each record is written the moment its run ends.
-
-    Finished runs are reused (the key includes task, optimizer, resolved hparams, seed, preset,
-    device and task options); errored ones are rerun only with ``rerun_failed``; a corrupt file
-    is named, set aside as ``*.corrupt`` and rerun. Ctrl-C loses only the run in progress.
-    """
-    registry.check_preset(preset)
-    device = device or default_device(preset)
-    outcome = GridOutcome()
-    in_order: list[dict | None] = [None] * len(cells)
-    todo: list[tuple[int, Cell, Path]] = []
-    for index, cell in enumerate(cells):
-        path = cell_key(cell, preset, torch.device(device).type).path(runs_dir)
-        if path.exists():
-            try:
-                record = read_record(path)
-            except CorruptRecordError as exc:
-                log(f"corrupt run file set aside and rerun: {exc}")
-                outcome.corrupt.append(str(path))
-                path.replace(path.with_suffix(".json.corrupt"))
-            else:
-                if record["status"] != "error" or not rerun_failed:
-                    in_order[index] = record
-                    outcome.reused += 1
-                    continue
-        todo.append((index, cell, path))
-    bar = _progress(len(todo), progress)
-    try:
-        for index, cell, path in todo:
-            bar.set_postfix_str(cell.label, refresh=True)
-            record = run_one(cell.task, cell.optimizer, hparams=cell.hparams, seed=cell.seed, preset=preset,
-                             device=device, task_options=cell.task_options,
-                             measure_memory_pass=measure_memory_pass)
-            write_record(record, path)
-            in_order[index] = record
-            outcome.ran += 1
-            if record["status"] != "ok":
-                detail = record["error"] or f"diverged at step {record['diverged_at_step']}"
-                outcome.failed.append(f"{cell.label}: {record['status']} ({detail})")
-                bar.write(f"  {cell.label}: {record['status']}: {detail}")
-            bar.update(1)
-    finally:
-        bar.close()
-        outcome.records = [r for r in in_order if r is not None]
-    return outcome
+             rerun_failed: bool = False, progress: bool = True, measure_memory_pass: bool = True,
+             log: Callable[[str], None] = print, executor: Executor | None = None,
+             reuse: ReusePolicy | None = None, fresh: Sequence[Cell] = ()) -> GridOutcome:
+    """Plan with the store (``plan_grid``), then run what is left and write it (``execute_grid``)."""
+    plan = plan_grid(cells, preset=preset, runs_dir=runs_dir, device=device, rerun_failed=rerun_failed, reuse=reuse,
+                     fresh=fresh, device_here=executor is None or executor.name == "local", log=log)
+    return execute_grid(plan, executor=executor, progress=progress, measure_memory_pass=measure_memory_pass)
 
 
 def _progress(total: int, enabled: bool):

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from scipy import stats
+from scipy import stats as scipy_stats
 
-from optbench import check, registry
-from optbench.check import Gates, compare_quality, default_tolerance, judge_task
+from optbench import check, registry, stats
+from optbench.gate import Gates, judge_task
+from optbench.stats import compare_quality, default_tolerance
 from optbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,22 +37,22 @@ SEEDS = [0, 1, 2]
 def test_paired_p_value_matches_scipy_one_sample_t():
     cand, base, margin = [0.80, 0.86, 0.83], [0.90, 0.89, 0.91], 0.02
     diffs = [c - b for c, b in zip(cand, base)]
-    p, df = check.paired_p_value(diffs, margin)
-    expected = stats.ttest_1samp([d + margin for d in diffs], 0.0, alternative="less").pvalue
+    p, df = stats.paired_p_value(diffs, margin)
+    expected = scipy_stats.ttest_1samp([d + margin for d in diffs], 0.0, alternative="less").pvalue
     assert df == 2 and p == pytest.approx(expected, rel=1e-9)
 
 
 def test_welch_p_value_matches_scipy_welch():
     cand, base, margin = [0.80, 0.86, 0.83, 0.81], [0.90, 0.89, 0.91], 0.02
-    p, _ = check.welch_p_value(cand, base, margin)
-    expected = stats.ttest_ind([c + margin for c in cand], base, equal_var=False, alternative="less").pvalue
+    p, _ = stats.welch_p_value(cand, base, margin)
+    expected = scipy_stats.ttest_ind([c + margin for c in cand], base, equal_var=False, alternative="less").pvalue
     assert p == pytest.approx(expected, rel=1e-9)
 
 
 def test_identical_runs_pass_with_zero_variance():
     q = compare_quality([0.9, 0.8, 0.85], [0.9, 0.8, 0.85], higher_is_better=True)
     assert q.passed and q.p_value == 1.0 and q.shortfall == 0
-    assert q.tolerance == pytest.approx(2 * stats.tstd([0.9, 0.8, 0.85]))
+    assert q.tolerance == pytest.approx(2 * scipy_stats.tstd([0.9, 0.8, 0.85]))
 
 
 def test_constant_shortfall_beyond_margin_fails_exactly():
@@ -109,7 +110,7 @@ def test_bad_settings_are_value_errors(kwargs, message):
 def _record(seed: int, metric: float | None, status: str = "ok", state: int = 100, step_s: float = 0.01) -> dict:
     return {"seed": seed, "status": status, "error": "RuntimeError: boom" if status == "error" else None,
             "diverged_at_step": 7 if status == "diverged" else None, "hparams": {"lr": 1e-3}, "lr_source": "task",
-            "metrics": {"final_metric": metric},
+            "metrics": {"final_metric": metric, "metric_name": "accuracy", "higher_is_better": True},
             "memory": {"optimizer_state_bytes": state, "peak_bytes": None},
             "timing": {"step_s_median": step_s, "optimizer_step_s_median": step_s / 2}}
 

@@ -42,7 +42,7 @@ def make_record(task: str, optimizer: str, seed: int, metric: float | None, *, s
 
 def put(runs_dir, record: dict):
     key = RunKey(record["task"], record["optimizer"], record["hparams"], record["seed"], record["preset"])
-    return write_record(record, key.path(runs_dir))
+    return write_record({**record, "run_key": key.digest()}, key.path(runs_dir))  # as the store names it
 
 
 @pytest.fixture

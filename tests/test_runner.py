@@ -61,18 +61,18 @@ def test_grid_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
     first = run_grid(cells[:2], preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False)
     assert first.ran == 2
     calls = []
-    import optbench.runner as runner
+    import optbench.executors as executors  # where the local executor calls run_one
 
-    real = runner.run_one
-    monkeypatch.setattr(runner, "run_one", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = executors.run_one
+    monkeypatch.setattr(executors, "run_one", lambda *a, **k: calls.append(a) or real(*a, **k))
     second = run_grid(cells, preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False)
     assert (second.reused, second.ran, len(calls)) == (2, 2, 2)
 
 
 def test_interrupted_grid_keeps_finished_runs(tmp_path, monkeypatch):
-    import optbench.runner as runner
+    import optbench.executors as executors
 
-    real, count = runner.run_one, []
+    real, count = executors.run_one, []
 
     def interrupt_on_second(*a, **k):
         count.append(1)
@@ -80,7 +80,7 @@ def test_interrupted_grid_keeps_finished_runs(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "run_one", interrupt_on_second)
+    monkeypatch.setattr(executors, "run_one", interrupt_on_second)
     cells = make_cells(["digits-mlp"], ["adamw", "sgd"], [0])
     with pytest.raises(KeyboardInterrupt):
         run_grid(cells, preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False)
@@ -98,18 +98,18 @@ def test_corrupt_run_file_is_named_set_aside_and_rerun(tmp_path):
     outcome = run_grid(cells, preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False,
                        log=messages.append)
     assert outcome.corrupt == [str(path)] and str(path) in messages[0]
-    assert path.with_suffix(".json.corrupt").exists()
+    assert path.with_name(path.name + ".corrupt").exists()
     assert read_record(path)["status"] == "ok"
 
 
 def test_failed_runs_are_rerun_only_on_request(tmp_path, monkeypatch):
     cells = make_cells(["digits-mlp"], ["adamw"], [0])
-    import optbench.runner as runner
+    import optbench.executors as executors
 
-    real = runner.run_one
-    monkeypatch.setattr(runner, "run_one", lambda *a, **k: {**real(*a, **k), "status": "error", "error": "x"})
+    real = executors.run_one
+    monkeypatch.setattr(executors, "run_one", lambda *a, **k: {**real(*a, **k), "status": "error", "error": "x"})
     run_grid(cells, preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False)
-    monkeypatch.setattr(runner, "run_one", real)
+    monkeypatch.setattr(executors, "run_one", real)
     again = run_grid(cells, preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False)
     assert again.reused == 1 and again.records[0]["status"] == "error"
     rerun = run_grid(cells, preset="smoke", runs_dir=tmp_path, progress=False, measure_memory_pass=False,

@@ -1,4 +1,9 @@
-"""Argument helpers shared by the verbs."""
+"""Argument helpers shared by the verbs.
+
+Everything here is cheap to import: the registry (and with it torch and every optimizer) is
+imported inside the functions that need it, so ``optbench --help`` starts fast. Bad values are
+``UsageError``s naming the value and the accepted ones (exit 2, see ``optbench.cli``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,18 @@ import shlex
 import sys
 from typing import Any
 
-from optbench import registry
+from optbench.atomic import writable_dir, writable_file  # noqa: F401 - the verbs' path checks
+from optbench.errors import UsageError
 
 DEFAULT_RUNS_DIR = "results/runs"
 
 
 def csv_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+    """Comma-separated names; an empty list (``--tasks ''``, an unset shell variable) is an error, never 'all'."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"empty list {text!r}: give comma-separated names, or 'all'")
+    return items
 
 
 def int_list(text: str) -> list[int]:
@@ -32,12 +42,14 @@ def float_list(text: str) -> list[float]:
 
 
 def parse_hparams(pairs: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are parsed as JSON when they can be (numbers, lists, booleans)."""
+    """``key=value`` pairs; values are parsed as JSON when they can be (numbers, lists, booleans, null),
+    else kept as strings. Types and ranges are checked against the optimizer later
+    (``optbench.hparams``), still before anything runs."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"hyperparameter {pair!r} is not of the form key=value")
-        key, value = pair.split("=", 1)
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--hparam {pair!r} is not of the form key=value (e.g. lr=3e-4, betas=[0.9,0.95])")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -51,12 +63,25 @@ def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_plugins(args: argparse.Namespace) -> None:
+    from optbench import registry
+
     for path in getattr(args, "plugin", None) or []:
         registry.load_plugin(path)
 
 
+def resolve_device_arg(args: argparse.Namespace) -> str:
+    """``--device`` checked (CUDA must be here unless the runs execute on a cluster), else the preset's device."""
+    from optbench.env import check_device, default_device
+
+    if args.device:
+        return check_device(args.device, here=getattr(args, "executor", "local") == "local")
+    return default_device(args.preset)
+
+
 def expand_optimizers(names: list[str] | None, device: str | None = None) -> list[str]:
     """Named optimizers, or 'all' / nothing = every optimizer available on ``device``."""
+    from optbench import registry
+
     if not names or names == ["all"]:
         return [n for n, s in sorted(registry.optimizers().items()) if s.unavailable_reason(device) is None]
     for name in names:
@@ -66,6 +91,8 @@ def expand_optimizers(names: list[str] | None, device: str | None = None) -> lis
 
 def expand_tasks(names: list[str] | None, preset: str) -> list[str]:
     """Named tasks, or 'all' / nothing = the tier the preset is for (cpu tasks unless preset is gpu)."""
+    from optbench import registry
+
     if not names or names == ["all"]:
         tier = "gpu" if preset == "gpu" else "cpu"
         return [n for n, s in sorted(registry.tasks().items()) if s.tier == tier]

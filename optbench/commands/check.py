@@ -1,4 +1,4 @@
-"""``optbench check``: the regression gate for a new optimizer variant (rule in ``optbench.check``).
+"""``optbench check``: the regression gate for a new optimizer variant (rule in ``optbench.gate``).
 
 Exit status: 0 every task passes, 1 a quality regression, a diverged or errored candidate run,
 an exceeded memory/time gate, or a baseline that did not finish; 2 a usage error.
@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from optbench import check
 from optbench.commands._common import (
     add_plugin_argument,
     csv_list,
-    expand_tasks,
     int_list,
     load_plugins,
     parse_hparams,
+    writable_file,
 )
-from optbench.commands.run import task_options_for
-from optbench.env import default_device
+from optbench.stats import DEFAULT_ALPHA, TESTS
+from optbench.store import ENV_POLICIES
 
 HELP = "regression gate: run a candidate and a baseline on the same seeds, exit 1 if the candidate is worse"
 DEFAULT_CHECK_RUNS_DIR = "results/runs-scratch/check"
@@ -38,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "1%% of |baseline mean|))")
     parser.add_argument("--hard-bound", type=float, default=None,
                         help="FAIL when worse by more than this, whatever the p-value (default: 3δ)")
-    parser.add_argument("--alpha", type=float, default=check.DEFAULT_ALPHA,
-                        help=f"significance level of the one-sided test (default: {check.DEFAULT_ALPHA:g})")
-    parser.add_argument("--test", default="paired", choices=check.TESTS,
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"significance level of the one-sided test (default: {DEFAULT_ALPHA:g})")
+    parser.add_argument("--test", default="paired", choices=TESTS,
                         help="paired t on per-seed differences (default) or Welch t on the two samples")
     parser.add_argument("--max-memory-ratio", type=float, default=None,
                         help="FAIL when candidate/baseline optimizer-state bytes exceed this")
@@ -58,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "results/runs reuses the leaderboard's baseline runs)")
     parser.add_argument("--reuse-candidate", action="store_true",
                         help="reuse stored candidate runs too (default: always rerun the candidate)")
-    parser.add_argument("--on-env-mismatch", default="rerun", choices=check.MISMATCH_POLICIES,
+    parser.add_argument("--on-env-mismatch", default="rerun", choices=ENV_POLICIES,
                         help="a stored run from another environment is rerun here (default) or refused (exit 2)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for the gpu preset when present)")
     parser.add_argument("--text-file", default=None, help="train language tasks on this text file instead")
@@ -70,12 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optbench.atomic import write_text_atomic
+    from optbench.check import run_check
+    from optbench.check_output import format_report, report_json
+    from optbench.commands._common import expand_tasks, resolve_device_arg
+    from optbench.commands.run import task_options_for
+    from optbench.gate import Gates
+
     load_plugins(args)
-    device = args.device or default_device(args.preset)
+    device = resolve_device_arg(args)
     tasks = expand_tasks(args.tasks, args.preset)
-    gates = check.Gates(tolerance=args.tolerance, hard_bound=args.hard_bound, alpha=args.alpha, test=args.test,
-                        max_memory_ratio=args.max_memory_ratio, max_time_ratio=args.max_time_ratio)
-    report = check.run_check(
+    json_path = writable_file(args.json, "--json") if args.json else None
+    gates = Gates(tolerance=args.tolerance, hard_bound=args.hard_bound, alpha=args.alpha, test=args.test,
+                  max_memory_ratio=args.max_memory_ratio, max_time_ratio=args.max_time_ratio)
+    report = run_check(
         args.candidate, baseline=args.baseline, tasks=tasks, seeds=args.seeds, preset=args.preset,
         runs_dir=args.runs_dir, device=device, candidate_hparams=parse_hparams(args.hparam),
         baseline_hparams=parse_hparams(args.baseline_hparam),
@@ -83,9 +89,7 @@ def run(args: argparse.Namespace) -> int:
         reuse_candidate=args.reuse_candidate, on_mismatch=args.on_env_mismatch, lr_from_baseline=args.lr_from_baseline,
         measure_memory_pass=not args.no_memory_pass, progress=not args.no_progress,
     )
-    print(check.format_report(report))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report.to_json(), indent=1, default=str) + "\n")
+    print(format_report(report))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report_json(report), indent=1, default=str) + "\n")
     return report.exit_code

@@ -1,10 +1,14 @@
-"""``optbench run``: run a grid of (task, optimizer, seed) cells, resumably, one JSON record each."""
+"""``optbench run``: run a grid of (task, optimizer, seed) cells, resumably, one JSON record each.
+
+Exit status: 0 when every cell's record is ok or diverged (a divergence is a result), 1 when
+any cell's record is an error, run now or reused from an earlier grid (``--rerun-failed``
+retries those), 2 a usage error, found before anything runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from optbench import registry
 from optbench.commands._common import (
     DEFAULT_RUNS_DIR,
     add_plugin_argument,
@@ -14,9 +18,9 @@ from optbench.commands._common import (
     int_list,
     load_plugins,
     parse_hparams,
+    resolve_device_arg,
+    writable_dir,
 )
-from optbench.env import default_device
-from optbench.runner import make_cells, run_grid
 
 HELP = "train a grid of tasks x optimizers x seeds under a preset and write one run record per run"
 
@@ -43,15 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_options_for(task_names: list[str], text_file: str | None, data_dir: str | None) -> dict[str, dict]:
     """Pass each option only to the tasks that declare it."""
+    from optbench import registry
+
     given = {"text_file": text_file, "data_dir": data_dir}
     return {name: {k: v for k, v in given.items() if v is not None and k in registry.get_task(name).options}
             for name in task_names}
 
 
 def run(args: argparse.Namespace) -> int:
+    from optbench import registry
+    from optbench.runner import make_cells, run_grid
+
     load_plugins(args)
     registry.check_preset(args.preset)
-    device = args.device or default_device(args.preset)
+    device = resolve_device_arg(args)
+    writable_dir(args.runs_dir, "--runs-dir")
     tasks = expand_tasks(args.tasks, args.preset)
     optimizers = expand_optimizers(args.optimizers, device)
     hparams = parse_hparams(args.hparam)
@@ -62,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_grid(cells, preset=args.preset, runs_dir=args.runs_dir, device=device,
                        rerun_failed=args.rerun_failed, progress=not args.no_progress,
                        measure_memory_pass=not args.no_memory_pass)
+    not_ok = len(outcome.failed) + len(outcome.reused_failed)
     print(f"optbench run: {outcome.ran} run(s) done, {outcome.reused} reused from {args.runs_dir}, "
-          f"{len(outcome.failed)} not ok")
-    for line in outcome.failed + [f"corrupt file set aside: {p}" for p in outcome.corrupt]:
+          f"{not_ok} not ok ({len(outcome.reused_failed)} of them reused"
+          f"{'; --rerun-failed retries errors' if outcome.reused_failed else ''})")
+    for line in (outcome.failed + [f"{line} [reused]" for line in outcome.reused_failed]
+                 + [f"corrupt file set aside: {p}" for p in outcome.corrupt]):
         print(f"  {line}")
-    return 0
+    return 1 if outcome.errored else 0
