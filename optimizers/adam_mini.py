@@ -7,7 +7,14 @@ one per tensor for everything else; biases get plain Adam. The package picks the
 substrings of the parameter name, so it is handed names built from the roles the task
 declares (``optbench.model_info``), never the model's own module names. After construction
 the package's own routing of those names is checked against the roles, so a package change
-that silently degrades the partition raises instead of running a different algorithm.
+that silently degrades the partition raises instead of running a different algorithm: the
+check compares, parameter by parameter, the block the package routes each one to (in the order
+of its ``step``) with the block its role asks for.
+
+Weight decay follows ``optbench.param_groups``' policy. The package decides decay by name
+(no decay when the lower-cased name contains "norm", "ln" or "bias"); since each of its param
+groups holds one parameter, the build sets every group's ``weight_decay`` from the policy instead,
+so what it decays is exactly ``optbench.param_groups.decayed_names(model)``.
 
 Role -> block: query/key -> per head; qkv (fused) -> per head over all 3 projections (values
 then get per-head, not per-row, scalars); value, attn_out, mlp_in, mlp_out, linear,
@@ -19,12 +26,11 @@ and for unknown names.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 from torch import nn
 
 from optbench.model_info import ModelInfo, get_model_info
+from optbench.param_groups import decayed_names
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 from optbench.optimizers._common import check_betas, check_lr, check_nonnegative
@@ -72,15 +78,15 @@ def package_block(optimizer, name: str) -> str:
     return "tensor"
 
 
-def _named(model: nn.Module) -> list[tuple[str, str, str, nn.Parameter]]:
-    """(name for the package, block kind, role, parameter) for every trainable parameter."""
+def _named(model: nn.Module) -> list[tuple[str, str, str, str, nn.Parameter]]:
+    """(model name, name for the package, block kind, role, parameter) for every trainable parameter."""
     info = get_model_info(model)
     out = []
     for index, (name, p) in enumerate(model.named_parameters()):
         if p.requires_grad:
             role = info.role(name)
             kind = block_kind(role, p.ndim, name.rsplit(".", 1)[-1])
-            out.append((block_name(kind, role, index), kind, role, p))
+            out.append((name, block_name(kind, role, index), kind, role, p))
     return out
 
 
@@ -105,15 +111,25 @@ def head_blocks(p: torch.Tensor, info: ModelInfo) -> int:
     return p.numel() // head_numel
 
 
+def package_partition(optimizer) -> dict[int, str]:
+    """id(parameter) -> the block the installed package routes it to, read from its param groups."""
+    return {id(p): package_block(optimizer, g["name"]) for g in optimizer.param_groups for p in g["params"]}
+
+
 def check_partition(optimizer, model: nn.Module) -> None:
-    """Raise if the package's routing differs from the role-derived partition or heads are not split."""
+    """Raise if any parameter goes to another block than its role asks for, or heads are not split.
+
+    Compares parameter by parameter (naming each one that moved), so that two swaps that leave
+    the counts per block unchanged are caught too.
+    """
     info = get_model_info(model)
     _, n_heads, n_kv = _dims(info)
-    expected = Counter(kind for _, kind, _, _ in _named(model))
-    actual = Counter(package_block(optimizer, g["name"]) for g in optimizer.param_groups)
-    if expected != actual:
-        raise ValueError(f"adam-mini partition degraded: expected blocks {dict(expected)}, package made {dict(actual)}")
-    for _, kind, role, p in _named(model):
+    built = package_partition(optimizer)
+    moved = [f"{name} ({role}): expected {kind}, package made {built.get(id(p), 'no block')}"
+             for name, _, kind, role, p in _named(model) if built.get(id(p)) != kind]
+    if moved:
+        raise ValueError(f"adam-mini partition degraded: {'; '.join(moved)}")
+    for _, _, kind, role, p in _named(model):
         if kind == "head":
             want = {"query": n_heads, "key": n_kv, "qkv": n_heads + 2 * n_kv}[role]
             got = head_blocks(p, info)
@@ -129,9 +145,14 @@ def build_adam_mini(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8
     d_model, n_heads, n_kv = _dims(get_model_info(model))
     from adam_mini import Adam_mini
 
-    named = [(name, p) for name, _, _, p in _named(model)]
-    optimizer = Adam_mini(named, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, dim=d_model,
-                          n_heads=n_heads, n_kv_heads=n_kv, verbose=False)
+    named = _named(model)
+    optimizer = Adam_mini([(package_name, p) for _, package_name, _, _, p in named], lr=lr, betas=tuple(betas),
+                          eps=eps, weight_decay=weight_decay, dim=d_model, n_heads=n_heads, n_kv_heads=n_kv,
+                          verbose=False)
+    policy = decayed_names(model)
+    decayed = {id(p) for name, _, _, _, p in named if name in policy}
+    for group in optimizer.param_groups:  # one parameter per group: the policy, not the package's name rule
+        group["weight_decay"] = weight_decay if all(id(p) in decayed for p in group["params"]) else 0.0
     # The package sets world_size to the CUDA device count and then all-gathers in its step;
     # in one process without torch.distributed there is nobody to gather with.
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -145,7 +166,7 @@ def adam_mini_state_bytes(model: nn.Module, **_: object) -> int:
     # `step` is a Python int.
     info = get_model_info(model)
     total = 0
-    for _, kind, _, p in _named(model):
+    for _, _, kind, _, p in _named(model):
         n, isz = p.numel(), p.element_size()
         scalars = {"adam": n, "tensor": 1}.get(kind) or (head_blocks(p, info) if kind == "head" else p.shape[0])
         total += isz * (n + scalars)
