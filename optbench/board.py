@@ -314,16 +314,17 @@ class Board:
     ``runs`` has one row per run (``curve`` holds each run's loss curves, left out of runs.csv);
     ``cells`` one row per (task, optimizer), with ``family`` and ``board_note`` joined from the
     registry; ``summary`` one row per optimizer; ``others`` the configurations not ranked.
-    ``profiles``, when set, is a long table of performance profiles (columns ``measure``,
-    ``optimizer``, ``tau``, ``share``: the share of tasks on which the optimizer is within a
-    factor ``tau`` of the best on ``measure``).
+    ``profiles``, when set, maps a measure ("held-out loss", "optimizer state" ...) to its
+    performance profile as ``optbench.verdicts.performance_profile`` returns it: one row per
+    optimizer, one column ``τ=<tau>`` per factor, holding the share of tasks on which the
+    optimizer is within that factor of the best.
     """
 
     runs: pd.DataFrame
     cells: pd.DataFrame
     summary: pd.DataFrame
     others: pd.DataFrame
-    profiles: pd.DataFrame | None = None
+    profiles: dict[str, pd.DataFrame] | None = None
 
     @property
     def tasks(self) -> list[str]:

@@ -20,6 +20,7 @@ from optbench.board import BASELINE, PEAK_COLUMNS, metric_ranks
 from optbench.records import MEMORY_CATEGORIES
 
 NOT_COMPARABLE = "n/c"  # a step-time ratio across hardware or concurrency
+DIFF_LABEL = "held-out loss diff vs AdamW (95% CI)"  # optbench.verdicts compares final held-out loss
 
 
 class Cell(NamedTuple):
@@ -138,8 +139,7 @@ def task_table(rows: pd.DataFrame) -> list[dict[str, Cell]]:
             **({"verdict vs AdamW": Cell(str(r["verdict"]) if isinstance(r["verdict"], str) else "—",
                                          r["verdict"] if isinstance(r["verdict"], str) else None)}
                if show_verdict else {}),
-            **({"diff vs AdamW (95% CI)": _num(r["diff"], fmt_interval(r["diff"], r["ci_low"], r["ci_high"]))}
-               if show_diff else {}),
+            **({DIFF_LABEL: _num(r["diff"], fmt_interval(r["diff"], r["ci_low"], r["ci_high"]))} if show_diff else {}),
             f"Δ vs AdamW ({direction})": (Cell("baseline", 0.0) if baseline
                                           else _num(r["delta_vs_adamw"], fmt(r["delta_vs_adamw"], "+.4f"))),
             "state (exact)": _num(r["optimizer_state_bytes"], fmt_bytes(r["optimizer_state_bytes"])),

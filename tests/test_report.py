@@ -230,7 +230,7 @@ def test_columns_the_board_gains_are_rendered_when_present(runs_dir):
                                step_bound_ratio=[1.5, 2.25, 1.0, 3.0])
     rows = {r["optimizer"]: r for r in texts(task_table(cells[cells["task"] == "task-a"]))}
     assert rows["sgd"]["verdict vs AdamW"] == "worse"
-    assert rows["sgd"]["diff vs AdamW (95% CI)"] == "-0.3000 [-0.5000, -0.1000]"
+    assert rows["sgd"]["held-out loss diff vs AdamW (95% CI)"] == "-0.3000 [-0.5000, -0.1000]"
     assert rows["sgd"]["step ÷ bound"] == "2.25×"
     labels = list(rows["sgd"])
     assert labels.index("verdict vs AdamW") == labels.index("accuracy (mean ± std)") + 1
