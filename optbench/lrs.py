@@ -29,13 +29,32 @@ def _tasks_dir() -> Path:
 TUNED_LRS_PATH = Path(os.environ.get("OPTBENCH_TUNED_LRS") or _tasks_dir() / "tuned_lrs.json")
 
 
+TABLE_SHAPE = "a JSON object {preset: {task: {optimizer: lr > 0}}}"
+
+
 @lru_cache(maxsize=4)
 def _load(path: Path) -> dict:
+    """The tuned-lr table; a ValueError naming the file (and the bad entry) when it is not one."""
+    from optbench.atomic import read_json
+
     if not path.exists():
         return {}
-    table = json.loads(path.read_text())
+    table = read_json(path, TABLE_SHAPE)
+
+    def bad(where: str, value) -> ValueError:
+        return ValueError(f"{path}: {where} is {json.dumps(value)[:40]}, expected {TABLE_SHAPE}")
+
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a JSON object {{preset: {{task: {{optimizer: lr}}}}}}")
+        raise bad("the top level", table)
+    for preset, tasks in table.items():
+        if not isinstance(tasks, dict):
+            raise bad(preset, tasks)
+        for task, lrs in tasks.items():
+            if not isinstance(lrs, dict):
+                raise bad(f"{preset}/{task}", lrs)
+            for name, lr in lrs.items():
+                if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                    raise bad(f"{preset}/{task}/{name}", lr)
     return table
 
 

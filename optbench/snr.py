@@ -554,9 +554,8 @@ def write_outputs(trace: ProxyTrace, out: str | Path, *, criterion: str, alpha: 
              "summary": out / "summary.md"}
     paths["rules"].write_text(dump_rules(doc))
     paths["summary"].write_text(summary_markdown(trace, rules, criterion=criterion, alpha=alpha, command=command))
-    if rules_out is not None:
-        rules_out = Path(rules_out)
-        rules_out.parent.mkdir(parents=True, exist_ok=True)
-        rules_out.write_text(dump_rules(doc))
-        paths["rules_out"] = rules_out
+    if rules_out is not None:  # slimadam-snr reads this file in every run: written atomically
+        from optbench.atomic import write_text_atomic
+
+        paths["rules_out"] = write_text_atomic(rules_out, dump_rules(doc))
     return paths

@@ -30,7 +30,6 @@ what a sweep publishes (``results/sweeps/<preset>/``) and checks it against the 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -278,16 +277,19 @@ def tune_lr(task: str, optimizer: str, preset: str, *, runs_dir: str | Path, pro
 def update_table(results: Mapping[str, SweepResult], task: str, preset: str, path: Path | None = None) -> None:
     """Write each chosen lr into the tuned-lr table (default ``tasks/tuned_lrs.json``); an optimizer with no
     finished lr loses its entry."""
+    from optbench.atomic import update_json
     from optbench.lrs import TUNED_LRS_PATH, forget_cached_table
 
+    def updated(table: dict) -> dict:
+        row = table.setdefault(preset, {}).setdefault(task, {})
+        for name, result in results.items():
+            if result.chosen_lr is not None:
+                row[name] = result.chosen_lr
+            else:
+                row.pop(name, None)
+        return table
+
+    # Under a lock and atomically: every run reads this table, and two sweeps may write it at once.
     path = TUNED_LRS_PATH if path is None else path
-    table = json.loads(path.read_text()) if path.exists() else {}
-    row = table.setdefault(preset, {}).setdefault(task, {})
-    for name, result in results.items():
-        if result.chosen_lr is not None:
-            row[name] = result.chosen_lr
-        else:
-            row.pop(name, None)
-    table[preset] = {t: dict(sorted(v.items())) for t, v in sorted(table[preset].items())}
-    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    update_json(path, updated, {}, "the tuned-lr table {preset: {task: {optimizer: lr}}}")
     forget_cached_table()

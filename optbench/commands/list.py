@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from tabulate import tabulate
-
-from optbench import registry
 from optbench.commands._common import add_plugin_argument, load_plugins
 
 HELP = "list optimizers with family, paper and availability (with the reason when unavailable)"
@@ -20,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def rows(device: str) -> list[dict]:
+    from optbench import registry
+
     out = []
     for name, spec in sorted(registry.optimizers().items()):
         reason = spec.unavailable_reason(device)
@@ -31,6 +30,8 @@ def rows(device: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     load_plugins(args)
     table = rows(args.device)
     if args.json:

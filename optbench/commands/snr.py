@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from optbench import snr
-from optbench.registry import check_preset, get_task
-
 HELP = "SNR analysis of Adam's second moment on a task; writes SlimAdam rules"
 
 
@@ -26,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="threshold: compress when SNR > alpha (default 1)")
     parser.add_argument("--every", type=int, default=10, help="record at step 1 and every this many steps")
     parser.add_argument("--steps", type=int, default=None, help="proxy steps (default: the preset's budget)")
-    parser.add_argument("--criterion", default="snr", choices=sorted(snr.CRITERIA),
+    parser.add_argument("--criterion", default="snr",  # checked in run (snr.criterion): no torch at parse time
                         help="snr (default), variance or relerr; see optbench/snr.py for the thresholds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -59,12 +56,19 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optbench import snr
+    from optbench.atomic import writable_dir, writable_file
+    from optbench.registry import check_preset, get_task
+
     check_preset(args.preset)
     snr.check_alpha(args.alpha)
     snr.get_criterion(args.criterion)
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
     task = get_task(args.task)
+    writable_dir(args.out or f"results/snr/{task.name}", "--out")  # before the proxy run trains
+    if args.rules_out is not None:
+        writable_file(args.rules_out, "--rules-out")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -6,10 +6,6 @@ import argparse
 import json
 from dataclasses import asdict
 
-from tabulate import tabulate
-
-from optbench import registry
-
 HELP = "list tasks with tier, metric and the budget of each preset"
 
 
@@ -18,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def rows() -> list[dict]:
+    from optbench import registry
+
     out = []
     for name, spec in sorted(registry.tasks().items(), key=lambda kv: (kv[1].tier, kv[0])):
         reason = spec.requires.unmet()
@@ -30,6 +28,8 @@ def rows() -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     table = rows()
     if args.json:
         print(json.dumps(table, indent=1))
