@@ -132,7 +132,7 @@ def _plan_log(plan: GridPlan, roles: Sequence[str]) -> list[str]:
 def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], seeds: Sequence[int],
               preset: str = "cpu", runs_dir: str | Path, device: str | None = None,
               candidate_hparams: Mapping[str, Any] | None = None, baseline_hparams: Mapping[str, Any] | None = None,
-              task_options: Mapping[str, Mapping[str, Any]] | None = None, gates: Gates = Gates(),
+              task_options: Mapping[str, Mapping[str, Any]] | None = None, gates: Gates | None = None,
               reuse_candidate: bool = False, on_mismatch: str = "rerun", lr_from_baseline: bool = False,
               candidate_lrs: Mapping[str, CandidateLr] | None = None, measure_memory_pass: bool = True,
               progress: bool = True, executor: Executor | None = None,
@@ -143,7 +143,7 @@ def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], 
     (``lr_from_baseline`` fills it with the baseline's); an explicit ``lr`` among
     ``candidate_hparams`` wins over both.
     """
-    tasks, seeds = list(tasks), list(seeds)
+    tasks, seeds, gates = list(tasks), list(seeds), gates or Gates()
     device = device or default_device(preset)
     _check_inputs(candidate, baseline, tasks, seeds, preset, device)
     candidate_hparams, baseline_hparams = dict(candidate_hparams or {}), dict(baseline_hparams or {})

@@ -65,13 +65,10 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
-Number = Union[int, float]  # in a record: an int or float (never a bool), or one of NON_FINITE
-
-
 def _type_name(hint: Any) -> str:
     if hint is Any:
         return "any"
-    if hint is Number or hint is float:
+    if hint is float:
         return "number"
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -89,7 +86,7 @@ def _matches(value: Any, hint: Any) -> bool:
         return True
     if hint is type(None):
         return value is None
-    if hint is float or hint is Number:
+    if hint is float:  # an int or float (never a bool), or one of NON_FINITE
         return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in NON_FINITE
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -306,7 +303,7 @@ SECTION_KEYS = {
 
 
 def validate(record: Mapping[str, Any], source: str = "record") -> RunRecord:
-    """The typed form of a record given as JSON; raises ``CorruptRecordError``/``NewerSchemaError`` naming ``source``."""
+    """The typed form of a JSON record; ``CorruptRecordError``/``NewerSchemaError`` naming ``source`` otherwise."""
     return RunRecord.from_json(dict(record) if isinstance(record, Mapping) else record, source)
 
 

@@ -48,6 +48,7 @@ from optbench.records import (
 
 ASIDE_KINDS = ("corrupt", "otherenv", "stale")
 ENV_POLICIES = ("rerun", "refuse")
+LAYOUT = "<preset>/<task>/<optimizer>__s<seed>__<key>.json"
 RECORD_NAME = re.compile(r"^(?P<optimizer>.+)__s(?P<seed>-?\d+)__(?P<key>[0-9a-f]{10})\.json$")
 
 
@@ -192,7 +193,7 @@ class RunStore:
                 continue
             if len(rel) != 3 or not RECORD_NAME.match(rel[2]):
                 if preset is None or (rel[0] == preset and len(rel) > 1):
-                    scan.ignored.append((path, "not in the store layout <preset>/<task>/<optimizer>__s<seed>__<key>.json"))
+                    scan.ignored.append((path, f"not in the store layout {LAYOUT}"))
                 continue
             if preset is not None and rel[0] != preset:
                 continue
