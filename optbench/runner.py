@@ -41,6 +41,7 @@ from optbench.records import (
 from optbench.store import Decision, ReusePolicy, RunStore
 from optbench.spec import Budget, OptimizerSpec, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
+from optbench.state_check import StateBytesCheck, check_state_formula
 
 if TYPE_CHECKING:
     from optbench.executors import Executor
@@ -220,6 +221,7 @@ class _Trained:
     tokens_per_step: int | None
     optimizer_class: str
     state_bytes: int
+    state_check: StateBytesCheck  # the spec's state formula against state_bytes
 
 
 def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = None, seed: int = 0,
@@ -248,6 +250,8 @@ def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = No
     if measure_memory_pass and trained.result.diverged_at_step is None:
         memory, notes = _memory_pass(run)
     memory.optimizer_state_bytes = trained.state_bytes
+    memory.extra.update(trained.state_check.memory_fields())
+    notes = [*notes, *([trained.state_check.note] if trained.state_check.note else [])]
     return _record(run, started, trained=trained, memory=memory, notes=notes)
 
 
@@ -257,8 +261,10 @@ def _train_cell(run: ResolvedRun) -> _Trained:
     instance = run.task.instantiate(run.preset, run.seed, device, **run.task_options)
     optimizer = run.optimizer.build(instance.model, run.lr, **run.hparams)
     result = train(instance, optimizer, run.task.budget(run.preset), device)
+    state_bytes = optimizer_state_bytes(optimizer)
     return _Trained(result, list(instance.notes), instance.samples_per_step, instance.tokens_per_step,
-                    f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", optimizer_state_bytes(optimizer))
+                    f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", state_bytes,
+                    check_state_formula(run.optimizer, instance.model, run.hparams, state_bytes))
 
 
 def _memory_pass(run: ResolvedRun) -> tuple[Memory, list[str]]:
