@@ -7,12 +7,13 @@ on the device (tasks/cifar10_data.py). Metric: accuracy on the 10,000 test image
 bf16 autocast on CUDA (``TaskInstance.autocast_dtype``).
 
 ``smoke`` only: a ResNet with one BasicBlock per stage (same architecture, fewer layers), a
-32-image test subset, and generated stand-in images when CIFAR-10 is absent; both are said
-in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise ``MissingDataError``
-naming the download command otherwise. The ``cpu`` budget (100 steps, batch 32) runs the
-full model on a CPU, to check a setup; it is not part of the CPU leaderboard. The CUDA path
-(autocast, device-side augmentation) and the ``gpu`` budget's target were never run or
-measured while this was written: no GPU was available.
+32-image test subset, and generated stand-in images when CIFAR-10 is absent; both are said in
+``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise ``MissingDataError``
+naming the download command otherwise; ``gpu_check`` (30 steps at batch 256, for
+``optbench.gpu_check``) trains the full model on full-size stand-in images. The ``cpu``
+budget (100 steps, batch 32) runs the full model on a CPU, to check a setup; it is not part
+of the CPU leaderboard. The CUDA path (autocast, device-side augmentation) and the ``gpu``
+budget's target were never run or measured while this was written: no GPU was available.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ SPEC = register_task(
             "smoke": Budget(steps=3, batch_size=4, eval_every=3, target=0.2, log_every=1),
             "cpu": Budget(steps=100, batch_size=32, eval_every=50, target=0.3, log_every=10),
             "gpu": Budget(steps=2000, batch_size=256, eval_every=250, target=0.85, log_every=20),
+            # A systems check of a lent GPU (optbench.gpu_check), on full-size stand-in data: no target.
+            "gpu_check": Budget(steps=30, batch_size=256, eval_every=30, log_every=5, warmup_steps=5),
         },
         setup=setup,
         default_lrs={"adamw": 1e-3, "sgd": 0.05},

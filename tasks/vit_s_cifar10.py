@@ -9,10 +9,11 @@ gradient clipping at 1.0.
 ``smoke`` only: 2 blocks of width 64 with 2 heads (same architecture, narrower and
 shallower), a 64-image test subset, and generated stand-in images when CIFAR-10 is absent,
 all said in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise
-``MissingDataError`` naming the download command otherwise. The ``cpu`` budget (100 steps,
-batch 32) runs the full model on a CPU, to check a setup; it is not part of the CPU
-leaderboard. The CUDA path and the ``gpu`` budget's target were never run or measured while
-this was written (no GPU here).
+``MissingDataError`` naming the download command otherwise; ``gpu_check`` (30 steps at batch
+256, for ``optbench.gpu_check``) trains the full model on full-size stand-in images. The
+``cpu`` budget (100 steps, batch 32) runs the full model on a CPU, to check a setup; it is
+not part of the CPU leaderboard. The CUDA path and the ``gpu`` budget's target were never run
+or measured while this was written (no GPU here).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ SPEC = register_task(
             "smoke": Budget(steps=4, batch_size=8, eval_every=2, target=0.2, log_every=1),
             "cpu": Budget(steps=100, batch_size=32, eval_every=50, target=0.25, log_every=10, grad_clip=1.0),
             "gpu": Budget(steps=3000, batch_size=256, eval_every=500, target=0.6, log_every=20, grad_clip=1.0),
+            # A systems check of a lent GPU (optbench.gpu_check), on full-size stand-in data: no target.
+            "gpu_check": Budget(steps=30, batch_size=256, eval_every=30, log_every=5, warmup_steps=5, grad_clip=1.0),
         },
         setup=setup,
         default_lrs={"adamw": 5e-4, "sgd": 0.05},

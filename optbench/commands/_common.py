@@ -90,11 +90,11 @@ def expand_optimizers(names: list[str] | None, device: str | None = None) -> lis
 
 
 def expand_tasks(names: list[str] | None, preset: str) -> list[str]:
-    """Named tasks, or 'all' / nothing = the tier the preset is for (cpu tasks unless preset is gpu)."""
+    """Named tasks, or 'all' / nothing = the tier the preset is for (the GPU tier for gpu and gpu_check)."""
     from optbench import registry
 
     if not names or names == ["all"]:
-        tier = "gpu" if preset == "gpu" else "cpu"
+        tier = "gpu" if preset in registry.GPU_PRESETS else "cpu"
         return [n for n, s in sorted(registry.tasks().items()) if s.tier == tier]
     for name in names:
         registry.get_task(name)

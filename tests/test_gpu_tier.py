@@ -1,0 +1,170 @@
+"""The GPU-tier tasks' data path: safe CIFAR-10 loading, no per-batch host copies, any preset."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fake_cuda import fake_cuda
+from optbench.errors import UsageError
+from optbench.registry import GPU_PRESETS, PRESETS, get_task, tasks
+from optbench.tasks import cifar10_data, gpt2_small
+
+GPU_TASKS = sorted(name for name, spec in tasks().items() if spec.tier == "gpu")
+needs_cuda_build = pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="no CUDA build of torch to fake")
+
+
+class _RunsACommand:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _write_batches(root, entry_for):
+    root.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        (root / name).write_bytes(pickle.dumps(entry_for(i), protocol=2))
+
+
+def test_a_cifar_file_that_would_run_code_is_refused_by_name(tmp_path):
+    marker = tmp_path / "ran"
+    _write_batches(tmp_path / cifar10_data.FOLDER,
+                   lambda i: {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "x": _RunsACommand(marker)})
+    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_1: refusing to load (posix|os)\.system"):
+        cifar10_data.load(tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_in_any_pickle_protocol_still_load(tmp_path, protocol):
+    root = tmp_path / cifar10_data.FOLDER
+    root.mkdir()
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        entry = {"batch_label": f"batch {i}", "data": np.full((3, 3072), i, np.uint8), "labels": [i] * 3,
+                 "filenames": [b"a.png", b"b.png", b"c.png"]}
+        (root / name).write_bytes(pickle.dumps(entry, protocol=protocol))
+    x_tr, y_tr, x_te, y_te = cifar10_data.load(tmp_path)
+    assert x_tr.shape == (15, 3, 32, 32) and int(x_te[0, 0, 0, 0]) == 5 and y_tr.tolist()[-1] == 4
+
+
+def test_gpu_check_trains_on_full_size_stand_in_data_always(tmp_path):
+    (x_tr, y_tr, x_te, y_te), notes = cifar10_data.get("gpu_check", tmp_path)
+    assert (x_tr.shape, x_te.shape) == ((50_000, 3, 32, 32), (10_000, 3, 32, 32))
+    assert x_tr.dtype == torch.uint8 and set(y_te.unique().tolist()) == set(range(10))
+    assert "stand-in" in notes[0] and "not CIFAR-10" in notes[0]
+    again, _ = cifar10_data.get("gpu_check", tmp_path)
+    assert torch.equal(again[0][:100], x_tr[:100])  # same data on every call (and cached)
+
+
+def test_the_normaliser_matches_the_per_channel_formula():
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mean, std = torch.tensor(cifar10_data.MEAN).view(1, 3, 1, 1), torch.tensor(cifar10_data.STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(cifar10_data.Normalizer(torch.device("cpu"))(x), (x.float() / 255 - mean) / std)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("task", ["cifar10-resnet18", "vit-s-cifar10"])
+def test_cifar_batches_on_the_device_cost_no_host_copy(task):
+    with fake_cuda() as fake:
+        instance = get_task(task).instantiate("smoke", 0, "cuda")
+        first = next(instance.batches)  # the epoch's one copy (order and augmentation draws)
+        with fake.syncs.recording() as syncs:
+            batches = [next(instance.batches) for _ in range(3)]
+    assert not syncs, dict(syncs)
+    assert all(x.device.type == "cuda" and y.device.type == "cuda" for x, y in [first, *batches])
+    assert first[0].dtype == torch.float32 and first[0].shape[1:] == (3, 32, 32)
+
+
+def test_cifar_batches_depend_on_the_seed_only():
+    data = cifar10_data.stand_in(64, 8)
+    a = cifar10_data.train_batches(data[0], data[1], 16, 3, torch.device("cpu"))
+    b = cifar10_data.train_batches(data[0], data[1], 16, 3, torch.device("cpu"))
+    c = cifar10_data.train_batches(data[0], data[1], 16, 4, torch.device("cpu"))
+    xa, xb, xc = next(a)[0], next(b)[0], next(c)[0]
+    assert torch.equal(xa, xb) and not torch.equal(xa, xc)
+
+
+@needs_cuda_build
+def test_gpt2_small_asks_the_default_corpus_for_the_windows_it_has():
+    with fake_cuda():
+        instance = get_task("gpt2-small").instantiate("gpu_check", 0, "cuda")
+    held_out = [n for n in instance.notes if n.startswith("held-out:")]
+    assert held_out and held_out[0].startswith("held-out: 45 windows of 1024 bytes"), instance.notes
+    assert "gpu" not in gpt2_small.EVAL_WINDOWS  # every preset but smoke takes up to MAX_EVAL_WINDOWS
+
+
+@pytest.mark.parametrize("task", GPU_TASKS)
+def test_every_gpu_tier_task_has_a_budget_for_every_gpu_preset(task):
+    for preset in GPU_PRESETS:
+        assert get_task(task).budget(preset).steps >= 1
+    assert set(GPU_PRESETS) <= set(PRESETS)
+
+
+def test_a_gpu_preset_without_cuda_is_a_usage_error_not_a_cpu_fallback(monkeypatch):
+    from optbench.env import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for preset in GPU_PRESETS:
+        with pytest.raises(UsageError, match=f"preset '{preset}' runs on CUDA.*--device cpu"):
+            default_device(preset)
+    assert default_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("argv", [["run", "--preset", "gpu", "--no-progress"],
+                                  ["run", "--preset", "smoke", "--device", "cuda", "--tasks", "digits-mlp"]])
+def test_the_cli_refuses_cuda_without_cuda_in_one_line(argv, monkeypatch, tmp_path, capsys):
+    from optbench.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--optimizers", "sgd"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CUDA" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("task", GPU_TASKS)
+def test_slimadam_snr_without_rules_is_unavailable_for_the_task_with_a_command_that_parses(task):
+    import shlex
+
+    from optbench.cli import build_parser
+    from optbench.optimizers.slimadam import snr_rules_path
+    from optbench.registry import get_optimizer
+
+    reason = get_optimizer("slimadam-snr").unavailable_for(task)
+    assert reason and f"no SNR rules for task {task!r}" in reason
+    argv = shlex.split(reason.split("`")[1])
+    assert argv[:2] == ["optbench", "snr"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.task == task and args.device == "cuda" and args.preset in get_task(task).budgets
+    assert args.preset in GPU_PRESETS and str(snr_rules_path(task)) == args.rules_out
+
+
+def test_a_run_of_slimadam_snr_on_a_task_without_rules_is_an_unavailable_record():
+    from optbench.runner import run_one
+
+    record = run_one("gpt2-small", "slimadam-snr", preset="smoke", device="cpu")
+    assert record["status"] == "error" and record["error"].startswith("unavailable: no SNR rules for task")
+
+
+def test_the_command_slimadam_snr_suggests_makes_the_rules_it_needs(tmp_path, monkeypatch):
+    import shlex
+
+    from optbench.cli import main
+    from optbench.optimizers import slimadam
+    from optbench.registry import get_optimizer
+
+    monkeypatch.setattr(slimadam, "RULES_DIR", tmp_path / "rules")
+    spec = get_optimizer("slimadam-snr")
+    reason = spec.task_check("digits-mlp")  # (with no rules at all, `optbench list` says so first)
+    assert reason
+    argv = shlex.split(reason.split("`")[1])[1:] + ["--steps", "3", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert spec.unavailable_for("digits-mlp") is None
+    model = get_task("digits-mlp").instantiate("smoke", 0, "cpu").model
+    assert spec.build(model, 1e-3, **spec.resolve_hparams({})) is not None
