@@ -239,7 +239,7 @@ def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = No
     started = time.perf_counter()
     if not_run is not None:
         return _record(run, started, error=not_run)
-    reason = run.optimizer.unavailable_reason(run.device) or run.task.requires.unmet(run.device)
+    reason = run.optimizer.unavailable_for(run.task.name, run.device) or run.task.requires.unmet(run.device)
     if reason:
         return _record(run, started, error=f"unavailable: {reason}")
     try:

@@ -42,6 +42,7 @@ class Requirements:
 
 BuildFn = Callable[..., torch.optim.Optimizer]  # (model, lr, **hparams)
 StateBytesFn = Callable[..., int]  # (model, **hparams) -> exact optimizer-state bytes
+TaskCheckFn = Callable[[str], "str | None"]  # (task name) -> a reason it cannot run on that task, or None
 InputFilesFn = Callable[[str, Mapping[str, Any]], Sequence[str | Path]]  # files a run reads (see the specs)
 
 
@@ -75,10 +76,17 @@ class OptimizerSpec:
     # ``input_files(task_name, hparams) -> paths``. Their contents' digests enter the run key and
     # the record, so a regenerated file makes a new run instead of reusing a stale one.
     input_files: InputFilesFn | None = None
+    # Whether it can run on a given task, e.g. slimadam-snr only where rules exist for the task:
+    # ``task_check(task_name) -> reason | None``; the reason should name the command that fixes it.
+    task_check: TaskCheckFn | None = None
     description: str = ""
 
     def unavailable_reason(self, device: str | None = None) -> str | None:
         return self.requires.unmet(device)
+
+    def unavailable_for(self, task: str, device: str | None = None) -> str | None:
+        """The reason this cannot run on ``task`` (on ``device``, when given), or ``None``."""
+        return self.unavailable_reason(device) or (self.task_check(task) if self.task_check else None)
 
     def resolve_hparams(self, hparams: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``defaults`` overlaid with ``hparams``; unknown keys are an error naming the known ones."""

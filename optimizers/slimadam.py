@@ -340,16 +340,30 @@ def snr_rules_path(task: str) -> Path:
     return RULES_DIR / f"{task}.json"
 
 
+def snr_rules_command(task: str) -> str:
+    """The command that writes ``task``'s rules where slimadam-snr reads them: the proxy run at the
+    preset and on the device of the task's tier (a GPU-tier model is too large for a CPU run)."""
+    from optbench.registry import get_task
+
+    preset, device = ("gpu", "cuda") if get_task(task).tier == "gpu" else ("cpu", "cpu")
+    return f"optbench snr --task {task} --preset {preset} --device {device} --rules-out {snr_rules_path(task)}"
+
+
+def snr_rules_for_task(task: str) -> str | None:
+    """slimadam-snr's task check: a reason, naming the command that makes them, when ``task`` has no rules."""
+    if snr_rules_path(task).is_file():
+        return None
+    return f"no SNR rules for task {task!r}; make them with `{snr_rules_command(task)}`"
+
+
 def _task_rules(model: nn.Module) -> Path:
     task = get_model_info(model).task
     if task is None:
         raise ValueError("slimadam-snr needs the model's task (ModelInfo.task) to find its rules file; it is None")
-    path = snr_rules_path(task)
-    if not path.is_file():
-        raise ValueError(
-            f"no SNR rules for task {task!r} (expected {path}); make them with `optbench snr --task {task}`"
-        )
-    return path
+    reason = snr_rules_for_task(task)
+    if reason:
+        raise ValueError(reason)
+    return snr_rules_path(task)
 
 
 def build_slimadam_snr(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
@@ -402,6 +416,7 @@ register_optimizer(
         requires=Requirements(check=snr_rules_available),
         needs_model_info=True,
         input_files=lambda task, hparams: [snr_rules_path(task)],
+        task_check=snr_rules_for_task,
         description="SlimAdamW with per-task rules from `optbench snr` (optimizers/rules/<task>.json)",
     )
 )
