@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from typing import Any, Protocol
 import torch
 
 from optbench import registry
+from optbench.atomic import update_json
 from optbench.errors import UsageError
 from optbench.lrs import forget_cached_table
 from optbench.runner import Cell, cell_key, run_one
@@ -57,7 +60,7 @@ class RunSettings:
     preset: str
     device: str
     measure_memory_pass: bool = True
-    threads: int | None = None  # torch threads per run; None: torch's default on the machine that runs it
+    threads: int | None = None  # torch threads per run (the executor's --threads); None: leave torch's setting
 
 
 class Executor(Protocol):
@@ -94,11 +97,19 @@ def error_record(cell: Cell, settings: RunSettings, reason: str) -> dict:
 
 
 class LocalExecutor:
-    """One cell after another in the driver's own process: timing-clean, the default."""
+    """One cell after another in the driver's own process: timing-clean, the default.
+
+    ``threads``: torch threads for each run (None: this process's current setting).
+    """
 
     name = "local"
 
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = _check_threads(threads)
+
     def execute(self, cells: Sequence[tuple[int, Cell]], settings: RunSettings) -> Iterator[tuple[int, dict]]:
+        if self.threads is not None:
+            settings = dataclasses.replace(settings, threads=self.threads)
         for index, cell in cells:
             record = run_cell(cell, settings)
             record["timing"]["concurrent_runs"] = 1
@@ -120,27 +131,28 @@ class RayExecutor:
     ``ray.init`` (``host:port``, ``ray://host:10001``). A Ray already initialised in this
     process is used as it is.
 
-    Each run asks for ``settings.threads`` CPUs and sets torch to that many threads (default: the
-    driver's torch thread count, so a record equals the local executor's on the same hardware),
-    and one GPU when the device is ``cuda``. A worker that dies (killed, out of memory, its node
-    lost) is retried by Ray up to ``max_retries`` times; after that the cell becomes an ``error``
-    record naming the reason, and the grid goes on. Workers load the driver's ``--plugin`` files
-    (their source travels with the task) and resolve learning rates from their own installed
-    optbench, so every node must run the same optbench; a run whose key differs from the
-    driver's (another version, another tuned-lr table) is refused as an error record.
+    Each run asks for ``threads`` CPUs and sets torch to that many threads (default: the driver's
+    torch thread count, so a record equals the local executor's on the same hardware), and one
+    GPU when the device is ``cuda``. A worker that dies (killed, out of memory, its node lost) is
+    retried by Ray up to ``max_retries`` times; after that the cell becomes an ``error`` record
+    naming the reason, and the grid goes on. Workers load the driver's ``--plugin`` files (their
+    text travels with the task) and resolve learning rates from their own installed optbench, so
+    every node must run the same optbench; a run whose key differs from the driver's (another
+    version, another tuned-lr table) is refused as an error record.
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, max_retries: int = DEFAULT_MAX_RETRIES,
-                 init_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, address: str | None = None, *, threads: int | None = None,
+                 max_retries: int = DEFAULT_MAX_RETRIES, init_options: Mapping[str, Any] | None = None) -> None:
         if max_retries < 0:
             raise UsageError(f"max_retries must be >= 0, got {max_retries}")
         self.address = address
+        self.threads = _check_threads(threads)
         self.max_retries = max_retries
         self.init_options = dict(init_options or {})  # extra ray.init arguments for a local instance
+        self.occupancy_id = uuid.uuid4().hex[:12]  # names this executor's occupancy file on each node
         self._started_ray = False
-        self._occupancy = None
         self._grids = 0
 
     def _connect(self):
@@ -154,55 +166,50 @@ class RayExecutor:
             else:
                 ray.init(address=self.address)
             self._started_ray = True
-        if self._occupancy is None:
-            self._occupancy = ray.remote(num_cpus=0)(NodeOccupancy).remote()
         return ray
 
     def execute(self, cells: Sequence[tuple[int, Cell]], settings: RunSettings) -> Iterator[tuple[int, dict]]:
         if not cells:
             return
         ray = self._connect()
-        settings = dataclasses.replace(settings, threads=settings.threads or torch.get_num_threads())
-        gpus = 1 if torch.device(settings.device).type == "cuda" else 0
-        _check_fits(ray, settings.threads, gpus)
+        settings = dataclasses.replace(settings, threads=self.threads or settings.threads or torch.get_num_threads())
+        device_type = torch.device(settings.device).type
+        gpus = 1 if device_type == "cuda" else 0
+        _check_fits(ray, settings.threads, gpus, local=self.address is None)
         grid, self._grids = self._grids, self._grids + 1
         plugins = [(str(path), path.read_text()) for path in registry.plugin_files()]
         remote = ray.remote(_run_on_worker).options(num_cpus=settings.threads, num_gpus=gpus,
                                                      max_retries=self.max_retries, retry_exceptions=False)
-        device_type = torch.device(settings.device).type
-        pending: dict[Any, tuple[int, Cell, str]] = {}
+        pending: dict[Any, tuple[int, Cell]] = {}
         for index, cell in cells:
             token = f"{grid}:{index}"
-            ref = remote.remote(cell, settings, plugins, token, self._occupancy)
-            pending[ref] = (index, cell, token)
+            pending[remote.remote(cell, settings, plugins, self.occupancy_id, token)] = (index, cell)
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
-                    index, cell, token = pending.pop(ref)
-                    record = self._collect(ray, ref, cell, settings, token)
-                    expected = cell_key(cell, settings.preset, device_type).digest()
-                    if record.get("run_key") not in (None, expected):
-                        record = error_record(cell, settings, (
-                            f"the worker resolved another run (key {record['run_key']}, the driver's {expected}): "
-                            "its optbench or tasks/tuned_lrs.json differs from the driver's"))
-                    yield index, record
+                    index, cell = pending.pop(ref)
+                    yield index, self._collect(ray, ref, cell, settings, device_type)
         finally:
             # Ctrl-C or an abandoned grid: stop what has not finished; yielded records are the caller's.
-            for ref, (_, _, token) in pending.items():
+            for ref in pending:
                 ray.cancel(ref, force=True)
-                self._occupancy.leave.remote(token)
 
-    def _collect(self, ray, ref, cell: Cell, settings: RunSettings, token: str) -> dict:
+    def _collect(self, ray, ref, cell: Cell, settings: RunSettings, device_type: str) -> dict:
         try:
-            return ray.get(ref)
+            record = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # raised in our code on the worker: not retried
-            reason = f"failed on its Ray worker: {_first_line(exc.cause if exc.cause else exc)}"
-        except ray.exceptions.RayError as exc:  # the worker or its node died, every attempt
-            reason = (f"its Ray worker died on each of {self.max_retries + 1} attempts "
-                      f"({self.max_retries} retries): {type(exc).__name__}: {_first_line(exc)}")
-        self._occupancy.leave.remote(token)
-        return error_record(cell, settings, reason)
+            return error_record(cell, settings, f"failed on its Ray worker: {_first_line(exc.cause or exc)}")
+        except ray.exceptions.RayError as exc:  # the worker or its node died, on every attempt
+            return error_record(cell, settings, (
+                f"its Ray worker died on each of {self.max_retries + 1} attempts ({self.max_retries} retries): "
+                f"{type(exc).__name__}: {_first_line(exc)}"))
+        expected = cell_key(cell, settings.preset, device_type).digest()
+        if record.get("run_key") != expected:
+            return error_record(cell, settings, (
+                f"its Ray worker resolved another run (key {record.get('run_key')}, the driver's {expected}): "
+                "that node's optbench or tasks/tuned_lrs.json differs from the driver's"))
+        return record
 
     def close(self) -> None:
         if self._started_ray:
@@ -210,7 +217,12 @@ class RayExecutor:
 
             ray.shutdown()
             self._started_ray = False
-        self._occupancy = None
+
+
+def _check_threads(threads: int | None) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads {threads!r}: give a whole number of threads >= 1")
+    return threads
 
 
 def _first_line(exc: BaseException) -> str:
@@ -218,48 +230,70 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_fits(ray, threads: int, gpus: int) -> None:
-    """Refuse, before anything runs, a run that no node of the cluster could ever hold."""
+def _check_fits(ray, threads: int, gpus: int, *, local: bool) -> None:
+    """Refuse, before anything runs, runs that no node could hold: Ray would queue them for ever.
+
+    On a cluster (``local`` False) an autoscaler may still add a node that fits, so it is a warning.
+    """
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     cpus = max((r.get("CPU", 0) for r in nodes), default=0)
+    problem = None
     if threads > cpus:
-        raise UsageError(f"--threads {threads}: each run asks for {threads} CPUs, but the largest node of the Ray "
-                         f"cluster has {cpus:g}; give --threads between 1 and {cpus:g}")
-    if gpus and not any(r.get("GPU", 0) >= gpus for r in nodes):
-        raise UsageError("device cuda: no node of the Ray cluster has a GPU; use --device cpu or add GPU nodes")
+        problem = (f"--threads {threads}: each run asks for {threads} CPUs, but the largest Ray node has {cpus:g}; "
+                   f"give --threads between 1 and {cpus:g}")
+    elif gpus and not any(r.get("GPU", 0) >= gpus for r in nodes):
+        problem = "device cuda: no Ray node has a GPU; use --device cpu or add GPU nodes"
+    if problem and local:
+        raise UsageError(problem)
+    if problem:
+        print(f"warning: {problem} (runs wait until such a node joins)", file=sys.stderr)
 
 
 class NodeOccupancy:
-    """How many runs train on each node at once (a Ray actor, one per executor).
+    """Which runs of one executor train on this node now, in a small JSON file under a lock.
 
-    A run enters when it starts and leaves when it ends; each run keeps the largest count of
-    runs on its node seen while it was in. A worker that died never leaves: the next run to
-    enter on that node finds its process gone and takes it out, and a retried run enters again
-    under the same token, so a dead attempt is not counted.
+    A run enters when it starts and leaves when it ends; each run keeps the largest number of
+    runs that were in at one moment while it was (itself included). Node-local on purpose: a
+    Ray task that waits on another task or actor lends its CPUs out meanwhile, so counting
+    through an actor would itself let a second run start beside the first. A worker that died
+    never leaves: the next run to enter finds its process gone and takes it out.
     """
 
-    def __init__(self) -> None:
-        self.node_of: dict[str, str] = {}
-        self.pid_of: dict[str, int] = {}
-        self.peak: dict[str, int] = {}
+    def __init__(self, executor_id: str, folder: Path | None = None) -> None:
+        folder = folder or Path(tempfile.gettempdir()) / "optbench-occupancy"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{executor_id}.json"
 
-    def on_node(self, node: str) -> list[tuple[str, int]]:
-        """(token, process id) of every run in on ``node``."""
-        return [(t, self.pid_of[t]) for t, n in self.node_of.items() if n == node]
+    def enter(self, token: str, pid: int) -> None:
+        def add(table: dict) -> dict:
+            table = {t: entry for t, entry in table.items() if _process_alive(entry["pid"])}
+            table[token] = {"pid": pid, "peak": 0}
+            for entry in table.values():
+                entry["peak"] = max(entry["peak"], len(table))
+            return table
 
-    def enter(self, token: str, node: str, pid: int, dead: Sequence[str] = ()) -> None:
-        """Count a run in; ``dead``: runs of this node whose process the entering one found gone."""
-        for t in dead:
-            self.node_of.pop(t, None)
-        self.node_of[token], self.pid_of[token] = node, pid
-        together = [t for t, n in self.node_of.items() if n == node]
-        for t in together:
-            self.peak[t] = max(self.peak.get(t, 0), len(together))
+        update_json(self.path, add, {}, "the runs on this node")
 
     def leave(self, token: str) -> int:
-        self.node_of.pop(token, None)
-        self.pid_of.pop(token, None)
-        return self.peak.pop(token, 1)
+        """Take the run out; return the most runs that were in at once while it was."""
+        left: dict = {}
+
+        def remove(table: dict) -> dict:
+            left.update(table.pop(token, {}))
+            return table
+
+        update_json(self.path, remove, {}, "the runs on this node")
+        return left.get("peak", 1)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 _LOADED_PLUGIN_SOURCES: set[str] = set()
@@ -278,40 +312,27 @@ def _load_plugins(plugins: Sequence[tuple[str, str]]) -> None:
         _LOADED_PLUGIN_SOURCES.add(source)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _run_on_worker(cell: Cell, settings: RunSettings, plugins: Sequence[tuple[str, str]], token: str,
-                   occupancy) -> dict:
+def _run_on_worker(cell: Cell, settings: RunSettings, plugins: Sequence[tuple[str, str]], executor_id: str,
+                   token: str) -> dict:
     """The Ray task: one cell's run on a worker, with the count of runs that shared its node."""
-    import ray
-
     _load_plugins(plugins)
     forget_cached_table()  # a worker lives across grids; a sweep may have rewritten the table since
-    node = ray.get_runtime_context().get_node_id()
-    dead = [t for t, pid in ray.get(occupancy.on_node.remote(node)) if not _process_alive(pid)]
-    ray.get(occupancy.enter.remote(token, node, os.getpid(), dead))
+    occupancy = NodeOccupancy(executor_id)
+    occupancy.enter(token, os.getpid())
     try:
         record = run_cell(cell, settings)
     finally:
-        together = ray.get(occupancy.leave.remote(token))
+        together = occupancy.leave(token)
     record["timing"]["concurrent_runs"] = together
     return record
 
 
-def make_executor(name: str, address: str | None = None) -> Executor:
-    """The executor a verb's ``--executor`` and ``--address`` name."""
+def make_executor(name: str, address: str | None = None, threads: int | None = None) -> Executor:
+    """The executor a verb's ``--executor``, ``--address`` and ``--threads`` name."""
     if name == "local":
         if address is not None:
             raise UsageError(f"--address {address!r} needs --executor ray")
-        return LocalExecutor()
+        return LocalExecutor(threads)
     if name == "ray":
-        return RayExecutor(address)
+        return RayExecutor(address, threads=threads)
     raise UsageError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")

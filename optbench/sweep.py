@@ -35,9 +35,12 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from optbench.executors import Executor
 
 # The runner, registry and lr table import torch: they are imported where used, so that the CLI
 # can read the protocol's defaults (``Protocol``) without loading torch.
@@ -235,12 +238,14 @@ class SweepResult:
 
 def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | Path,
           protocol: Protocol = Protocol(), lrs: Sequence[float] | None = None, device: str | None = None,
-          task_options: Mapping[str, Any] | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict[str, SweepResult]:
+          task_options: Mapping[str, Any] | None = None, progress: bool = True, rerun: bool = False,
+          log: Callable[[str], None] = print, executor: Executor | None = None) -> dict[str, SweepResult]:
     """Tune every optimizer's lr on ``task`` by the protocol; ``lrs`` replaces the generated grid.
 
     All optimizers advance together: each round hands every run any search still needs to one
-    call of the runner's grid (so an executor can spread them), then feeds the records back.
+    call of the runner's grid (so ``executor``, default local, can spread them), then feeds the
+    records back. ``rerun``: run every cell again rather than reuse a stored record (a candidate
+    whose code may have changed under the same name); a record is replaced only by a finished run.
     """
     from optbench import registry
     from optbench.runner import make_cells, run_grid
@@ -257,7 +262,7 @@ def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | 
             break
         cells = [cell for name, lr, seed in wanted for cell in make_cells([task], [name], [seed], {"lr": lr}, options)]
         outcome = run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, progress=progress,
-                           measure_memory_pass=False, log=log)
+                           measure_memory_pass=False, log=log, executor=executor, fresh=cells if rerun else ())
         if len(outcome.records) != len(cells):
             raise RuntimeError(f"sweep of {task}: {len(cells) - len(outcome.records)} run(s) left no record")
         for (name, _, _), record in zip(wanted, outcome.records, strict=True):
@@ -268,10 +273,23 @@ def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | 
 
 def tune_lr(task: str, optimizer: str, preset: str, *, runs_dir: str | Path, protocol: Protocol = Protocol(),
             device: str | None = None, task_options: Mapping[str, Any] | None = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> SweepResult:
+            rerun: bool = False, executor: Executor | None = None, log: Callable[[str], None] = print) -> SweepResult:
     """One optimizer's lr on one task by the published protocol (what ``optbench check --tune`` calls)."""
     return sweep(task, [optimizer], preset=preset, runs_dir=runs_dir, protocol=protocol, device=device,
-                 task_options=task_options, progress=progress, log=log)[optimizer]
+                 task_options=task_options, progress=progress, rerun=rerun, executor=executor, log=log)[optimizer]
+
+
+def describe_tuning(task: str, result: SweepResult) -> str:
+    """One line: what tuning found for an optimizer on a task."""
+    grid = result.grid
+    at = [t.value for t in result.trials if t.lr == result.chosen_lr]
+    found = ("no lr finished" if result.chosen_lr is None else
+             f"lr {result.chosen_lr:g}, held-out loss {statistics.fmean(at):.4f} over seeds "
+             f"{','.join(map(str, result.seeds_at(result.chosen_lr)))}"
+             + (" (at the grid's edge: the optimum may lie beyond)" if result.at_edge else ""))
+    start = "" if result.start_lr is None else f" around {result.start_lr:g}"
+    return (f"{task}: tuned {result.optimizer}: {found}; {len(grid)} lrs {grid[0]:.3g}..{grid[-1]:.3g}{start}, "
+            f"{len(result.trials)} runs")
 
 
 def update_table(results: Mapping[str, SweepResult], task: str, preset: str, path: Path | None = None) -> None:
