@@ -18,7 +18,8 @@ ratio; a candidate identical to the baseline runs once.
 
 The candidate's learning rate: its own (explicit ``lr`` > sweep table > task > spec), or one
 per task chosen by the caller (``candidate_lrs``: the baseline's with ``--lr-from-baseline``,
-or a tuned one).
+or a tuned one: ``tune=Protocol()`` tunes it on each task by the same protocol the baseline's
+published lr came from, ``optbench.sweep``, on the tuning seeds, before the check's runs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from optbench.store import ENV_POLICIES, ReusePolicy
 
 if TYPE_CHECKING:
     from optbench.executors import Executor
+    from optbench.sweep import Protocol
 
 MISMATCH_POLICIES = ENV_POLICIES
 
@@ -91,6 +93,28 @@ def lrs_from_baseline(tasks: Sequence[str], baseline: str, preset: str,
                               "the baseline's: --lr-from-baseline") for task in tasks}
 
 
+def tuned_lrs(candidate: str, tasks: Sequence[str], preset: str, protocol: Protocol, *, runs_dir: str | Path,
+              device: str, task_options: Mapping[str, Mapping[str, Any]] | None, rerun: bool, progress: bool,
+              executor: Executor | None, log: Callable[[str], None]) -> dict[str, CandidateLr]:
+    """The candidate's lr per task by the tuning protocol (``optbench.sweep``); runs go to ``<runs_dir>/tune``.
+
+    A task where no lr finished is left out (the candidate then runs at its own lr there, and fails
+    if it diverges); a chosen lr at the grid's edge is used and says so.
+    """
+    from optbench.sweep import describe_tuning, tune_lr
+
+    chosen = {}
+    for task in tasks:
+        result = tune_lr(task, candidate, preset, runs_dir=Path(runs_dir) / "tune", protocol=protocol,
+                         device=device, task_options=(task_options or {}).get(task), progress=progress,
+                         rerun=rerun, executor=executor, log=log)
+        log(f"  {describe_tuning(task, result)}")
+        if result.chosen_lr is not None:
+            edge = ", at the grid's edge" if result.at_edge else ""
+            chosen[task] = CandidateLr(result.chosen_lr, f"tuned by the sweep protocol: --tune{edge}")
+    return chosen
+
+
 def _check_inputs(candidate: str, baseline: str, tasks: Sequence[str], seeds: Sequence[int], preset: str,
                   device: str) -> None:
     """Usage errors a check can name before planning anything."""
@@ -135,18 +159,32 @@ def run_check(candidate: str, *, baseline: str = "adamw", tasks: Sequence[str], 
               task_options: Mapping[str, Mapping[str, Any]] | None = None, gates: Gates | None = None,
               reuse_candidate: bool = False, on_mismatch: str = "rerun", lr_from_baseline: bool = False,
               candidate_lrs: Mapping[str, CandidateLr] | None = None, measure_memory_pass: bool = True,
-              progress: bool = True, executor: Executor | None = None,
+              progress: bool = True, executor: Executor | None = None, tune: Protocol | None = None,
               log: Callable[[str], None] = print) -> CheckReport:
     """Run (or reuse) both optimizers' cells and judge every task. Bad input raises a usage error before any run.
 
     The candidate runs at its own learning rate, unless ``candidate_lrs`` gives one per task
     (``lr_from_baseline`` fills it with the baseline's); an explicit ``lr`` among
-    ``candidate_hparams`` wins over both.
+    ``candidate_hparams`` wins over both. ``tune``: the candidate's lr per task is tuned first by
+    this protocol (``tuned_lrs``; the CLI passes the published one, ``Protocol()``), and the
+    baseline's lr should come from the published sweep (a line says when it does not).
     """
     tasks, seeds, gates = list(tasks), list(seeds), gates or Gates()
     device = device or default_device(preset)
     _check_inputs(candidate, baseline, tasks, seeds, preset, device)
     candidate_hparams, baseline_hparams = dict(candidate_hparams or {}), dict(baseline_hparams or {})
+    if tune is not None and ("lr" in candidate_hparams or lr_from_baseline or candidate_lrs is not None):
+        raise UsageError("--tune chooses the candidate's lr: drop --lr-from-baseline and --hparam lr=...")
+    if tune is not None:
+        for task in tasks:
+            lr, source = resolve_lr(registry.get_task(task), registry.get_optimizer(baseline), preset,
+                                    baseline_hparams.get("lr"))
+            if source != "sweep":
+                log(f"  {task}: the baseline's lr {lr:g} comes from '{source}', not a published sweep of preset "
+                    f"{preset}: the candidate is tuned, the baseline is not")
+        candidate_lrs = tuned_lrs(candidate, tasks, preset, tune, runs_dir=runs_dir, device=device,
+                                  task_options=task_options, rerun=not reuse_candidate, progress=progress,
+                                  executor=executor, log=log)
     if "lr" in candidate_hparams:
         candidate_lrs = {}
     elif candidate_lrs is None and lr_from_baseline:

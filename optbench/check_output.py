@@ -93,6 +93,7 @@ def format_report(report: CheckReport) -> str:
                          f"hard bound {v.quality.hard_bound:.4g}")
         notes += [f"  {v.task}: {v.verdict}: {reason}" for reason in v.reasons
                   if v.quality is None or reason != v.quality.reason]
+        notes += [f"  {v.task}: FLAG: {flag}" for flag in v.flags]
     failed = [v.task for v in report.verdicts if v.verdict != "PASS"]
     summary = ("PASS: no regression on " + ", ".join(v.task for v in report.verdicts) if not failed
                else f"FAIL: {', '.join(failed)} ({len(failed)} of {len(report.verdicts)} task(s))")

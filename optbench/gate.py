@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optbench.errors import UsageError
+from optbench.state_check import state_formula_issue
 from optbench.stats import DEFAULT_ALPHA, QualityResult, check_alpha, check_test, compare_quality
 
 VERDICTS = ("PASS", "FAIL", "ERROR")
@@ -84,6 +85,7 @@ class TaskVerdict:
     step_time_ratio: float | None = None
     optimizer_step_time_ratio: float | None = None
     lrs: tuple[str, str] = ("", "")  # (candidate, baseline): "value (source)"
+    flags: list[str] = field(default_factory=list)  # worth a look, not a failure (e.g. a wrong state formula)
 
 
 def lr_label(records: Sequence[Mapping[str, Any]]) -> str:
@@ -121,6 +123,7 @@ def judge_task(task: str, candidate: Sequence[Mapping[str, Any]], baseline: Sequ
     metrics = (list(baseline) + list(candidate))[0]["metrics"]
     verdict = TaskVerdict(task, metrics["metric_name"], bool(metrics["higher_is_better"]), "PASS")
     verdict.lrs = (candidate_lr or lr_label(candidate), lr_label(baseline))
+    verdict.flags = sorted({f"candidate's {issue}" for r in candidate if (issue := state_formula_issue(r))})
     bad_base = [_failure(r) for r in baseline if r["status"] != "ok"]
     bad_cand = [_failure(r) for r in candidate if r["status"] != "ok"]
     if bad_cand:

@@ -186,17 +186,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               *(["--table", args.table] if args.table else []), *common, *quiet], env)
     step(["run", "--tasks", ",".join(tasks), "--optimizers", ",".join(optimizers), "--seeds", args.seeds,
           "--runs-dir", str(runs_dir), *common, *quiet], env)
+    tuned = read_table(Path(env.get(TABLE_ENV) or _default_table()), args.preset)
+    board = {task: board_compute(runs_dir, args.preset, task, optimizers, seeds, tuned.get(task, {})) for task in tasks}
+    held = sum(runs for runs, _ in board.values())
+    if held < len(tasks) * len(optimizers) * len(seeds):  # `run` exits 1 both for a failed run and for a crash
+        raise SystemExit(f"publish: the board holds {held} of {len(tasks) * len(optimizers) * len(seeds)} runs; "
+                         "stopping (rerun to resume)")
     step(["report", "--preset", args.preset, "--runs-dir", str(runs_dir), "--out", str(args.out),
           "--command", command, *(["--html"] if report_offers_html() else [])], env)
 
-    table_path = Path(env.get(TABLE_ENV) or _default_table())
-    tuned = json.loads(table_path.read_text()).get(args.preset, {}) if table_path.exists() else {}
     rows = []
     for task in tasks:
-        row = Compute(task)
+        row = Compute(task, board_runs=board[task][0], board_s=board[task][1])
         row.sweep_runs, row.sweep_s = sweep_compute(sweeps_out, args.preset, task, optimizers)
-        row.board_runs, row.board_s = board_compute(runs_dir, args.preset, task, optimizers, seeds,
-                                                    tuned.get(task, {}))
         rows.append(row)
     text = compute_report(rows, command, time.perf_counter() - started)
     path = args.out / "COMPUTE.md"
@@ -205,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\npublish: total compute {hours(total)} ({total:.0f} s summed over "
           f"{sum(r.sweep_runs + r.board_runs for r in rows)} runs); wrote {path}")
     return 0
+
+
+def read_table(path: Path, preset: str) -> dict[str, dict[str, float]]:
+    return json.loads(path.read_text()).get(preset, {}) if path.exists() else {}
 
 
 def _default_table() -> Path:

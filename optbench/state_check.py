@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # the record-side helper below is read by the gate, which need not load torch
+    from torch import nn
 
-from optbench.spec import OptimizerSpec
+    from optbench.spec import OptimizerSpec
 
 
 @dataclass(frozen=True)

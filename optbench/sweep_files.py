@@ -35,7 +35,7 @@ from optbench.sweep import MAX_RATIO, MIN_POINTS, RATIO_ROUNDING, MIN_SEEDS, Swe
 CSV_COLUMNS = ("task", "preset", "optimizer", "lr", "seed", "status", "eval_loss", "final_metric", "metric_name",
                "higher_is_better", "wall_s", "start_lr", "chosen")
 DEFAULT_SWEEPS_DIR = Path("results/sweeps")
-OFF_SCALE = 10.0  # the plot's loss axis ends at this many times the best loss
+OFF_SCALE = 20.0  # the plot's loss axis ends at this many times the best loss
 
 
 def sweep_dir(out: str | Path, preset: str) -> Path:
@@ -284,7 +284,7 @@ def plot_sensitivity(task: str, preset: str, out: str | Path) -> Path | None:
     finite = [t.value for r in results.values() for t in r.trials if math.isfinite(t.value)]
     if not finite:
         return None
-    # Past 10x the best loss a run has learnt next to nothing: such points are drawn along the top
+    # Past 20x the best loss a run has learnt next to nothing: such points are drawn along the top
     # (as triangles), so that one blown-up run does not flatten every curve.
     low = min(finite)
     top = min(max(finite), OFF_SCALE * low) if low > 0 else max(finite)
@@ -312,11 +312,13 @@ def plot_sensitivity(task: str, preset: str, out: str | Path) -> Path | None:
                 ax.scatter([r.chosen_lr], [statistics.fmean(at)], marker="*", s=160, color=color,
                            edgecolor="black", lw=0.6, zorder=5)
     ax.set_xscale("log")
+    lrs = [t.lr for r in results.values() for t in r.trials]
+    ax.set_xlim(min(lrs) / 1.4, max(lrs) * 1.4)  # the markers along the top do not widen the axis by themselves
     if low > 0 and top / low > 4:
         ax.set_yscale("log")
-        ax.set_ylim(low / 1.1, top * 1.25)
+        ax.set_ylim(low / 1.1, top)
     else:
-        ax.set_ylim(low - 0.05 * (top - low), top + 0.1 * (top - low) + 1e-12)
+        ax.set_ylim(low - 0.05 * (top - low), top + 1e-12)
     ax.set(xlabel="peak learning rate (log)", ylabel="final held-out loss (lower is better)",
            title=f"{task} ({preset}): lr sensitivity")
     ax.grid(alpha=0.3, which="both")

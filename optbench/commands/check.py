@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-from-baseline", action="store_true",
                         help="run the candidate at the baseline's learning rate on each task (default: its own: "
                              "sweep table, task default, then its spec's default_lr)")
+    parser.add_argument("--tune", action="store_true",
+                        help="tune the candidate's lr on each task first, by the protocol the baseline's published "
+                             "lr came from (optbench sweep: >= 7 lrs, 2 tuning seeds; runs in <runs-dir>/tune)")
     parser.add_argument("--baseline-hparam", action="append", metavar="KEY=VALUE",
                         help="baseline hyperparameter (repeatable)")
     parser.add_argument("--runs-dir", default=DEFAULT_CHECK_RUNS_DIR,
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from optbench.commands._common import expand_tasks, resolve_device_arg
     from optbench.commands.run import task_options_for
     from optbench.gate import Gates
+    from optbench.sweep import Protocol
 
     load_plugins(args)
     device = resolve_device_arg(args)
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         baseline_hparams=parse_hparams(args.baseline_hparam),
         task_options=task_options_for(tasks, args.text_file, args.data_dir), gates=gates,
         reuse_candidate=args.reuse_candidate, on_mismatch=args.on_env_mismatch, lr_from_baseline=args.lr_from_baseline,
-        measure_memory_pass=not args.no_memory_pass, progress=not args.no_progress,
+        tune=Protocol() if args.tune else None, measure_memory_pass=not args.no_memory_pass,
+        progress=not args.no_progress,
     )
     print(format_report(report))
     if json_path is not None:
