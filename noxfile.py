@@ -51,7 +51,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """The default leaderboard: `optbench run` with the given arguments, then `optbench report`."""
+    """The default leaderboard: `optbench run` with the given arguments, then `optbench report --html` (markdown,
+    CSVs, plots and the site in results/site/)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--runs-dir", default="results/runs")
@@ -61,8 +62,8 @@ def bench(session: nox.Session) -> None:
         run_args += ["--preset", known.preset]
     run_in_env(session, "-m", "optbench", "run", *run_args)
     run_in_env(session, "-m", "optbench", "report", "--preset", known.preset, "--runs-dir", known.runs_dir,
-               "--out", "results", "--command", shlex.join(["nox", "-s", "bench", *(["--", *session.posargs]
-                                                                                      if session.posargs else [])]))
+               "--out", "results", "--html", "--command",
+               shlex.join(["nox", "-s", "bench", *(["--", *session.posargs] if session.posargs else [])]))
 
 
 @nox.session(venv_backend="none")

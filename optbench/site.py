@@ -195,11 +195,13 @@ def ratio_figure(summary: pd.DataFrame, palette: dict[str, str]) -> dict | None:
     rows = summary[summary["state_ratio_gmean"].notna() & summary["step_time_ratio_gmean"].notna()]
     if rows.empty:
         return None
+    positions = ("top center", "bottom center", "middle right", "middle left")  # neighbours' labels alternate sides
+    rows = rows.sort_values("state_ratio_gmean").reset_index(drop=True)
     traces = [{"type": "scatter", "mode": "markers+text", "name": r["optimizer"], "x": [r["state_ratio_gmean"]],
-               "y": [r["step_time_ratio_gmean"]], "text": [r["optimizer"]], "textposition": "top center",
+               "y": [r["step_time_ratio_gmean"]], "text": [r["optimizer"]], "textposition": positions[i % 4],
                "marker": {"size": 10, "color": palette[r["optimizer"]]}, "showlegend": False,
                "hovertemplate": f"<b>{r['optimizer']}</b><br>state ÷ AdamW %{{x:.3f}}<br>step time ÷ AdamW %{{y:.2f}}"
-                                "<extra></extra>"} for _, r in rows.iterrows()]
+                                "<extra></extra>"} for i, r in rows.iterrows()]
     return _figure(traces, _layout(title={"text": "state memory and step time relative to AdamW (geomean over tasks)",
                                           "font": {"size": 13}},
                                    xaxis={"title": {"text": "optimizer state ÷ AdamW's"}},

@@ -143,3 +143,14 @@ def test_site_in_headless_chromium(site, tmp_path):
         assert page.locator("#overview tbody tr").count() == 4
         assert any(url.endswith("assets/plotly-basic.min.js") for url in browser.requests)  # requests are seen
         assert browser.outside == []  # and none left the page
+
+
+def test_screenshots_need_the_site(site, capsys):
+    from optbench.cli import main
+
+    site_dir, _ = site
+    runs = site_dir.parent.parent / "runs"
+    assert main(["report", "--runs-dir", str(runs), "--preset", "smoke", "--out", str(site_dir.parent / "x"),
+                 "--screenshots"]) == 2
+    assert "--screenshots needs --html" in capsys.readouterr().err
+    assert not (site_dir.parent / "x" / "LEADERBOARD.md").exists()  # refused before anything was written
