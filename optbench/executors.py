@@ -138,7 +138,8 @@ class RayExecutor:
     naming the reason, and the grid goes on. Workers load the driver's ``--plugin`` files (their
     text travels with the task) and resolve learning rates from their own installed optbench, so
     every node must run the same optbench; a run whose key differs from the driver's (another
-    version, another tuned-lr table) is refused as an error record.
+    version, another tuned-lr table) is refused as an error record. ``OPTBENCH_*`` environment
+    variables of the driver (``OPTBENCH_TUNED_LRS``) are set on a cluster's workers too.
     """
 
     name = "ray"
@@ -163,8 +164,9 @@ class RayExecutor:
         if not ray.is_initialized():
             if self.address is None:
                 ray.init(address="local", include_dashboard=False, **self.init_options)
-            else:
-                ray.init(address=self.address)
+            else:  # workers of a cluster do not inherit this shell: pass optbench's own settings on
+                settings = {k: v for k, v in os.environ.items() if k.startswith("OPTBENCH_")}
+                ray.init(address=self.address, runtime_env={"env_vars": settings} if settings else None)
             self._started_ray = True
         return ray
 

@@ -78,6 +78,26 @@ def resolve_device_arg(args: argparse.Namespace) -> str:
     return default_device(args.preset)
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--executor``, ``--address`` and ``--threads``: where and how wide the grid's runs execute."""
+    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="local: one run after another in this process (default; timing-clean); "
+                             "ray: each run a Ray task, several at once")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: the Ray cluster to join ('auto': the one this machine belongs "
+                             "to; host:port; ray://host:10001); default: start a local Ray instance")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run; under ray also the CPUs each run asks for "
+                             "(default: torch's default here, all cores)")
+
+
+def executor_from_args(args: argparse.Namespace):
+    """The ``optbench.executors.Executor`` the arguments name (close it when the verb is done)."""
+    from optbench.executors import make_executor
+
+    return make_executor(args.executor, args.address, args.threads)
+
+
 def expand_optimizers(names: list[str] | None, device: str | None = None) -> list[str]:
     """Named optimizers, or 'all' / nothing = every optimizer available on ``device``."""
     from optbench import registry

@@ -10,8 +10,10 @@ import argparse
 import json
 
 from optbench.commands._common import (
+    add_executor_arguments,
     add_plugin_argument,
     csv_list,
+    executor_from_args,
     int_list,
     load_plugins,
     parse_hparams,
@@ -67,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory-pass", action="store_true", help="skip the tensor-level peak-memory pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the verdicts as JSON here")
+    add_executor_arguments(parser)
     add_plugin_argument(parser)
 
 
@@ -85,15 +88,20 @@ def run(args: argparse.Namespace) -> int:
     json_path = writable_file(args.json, "--json") if args.json else None
     gates = Gates(tolerance=args.tolerance, hard_bound=args.hard_bound, alpha=args.alpha, test=args.test,
                   max_memory_ratio=args.max_memory_ratio, max_time_ratio=args.max_time_ratio)
-    report = run_check(
-        args.candidate, baseline=args.baseline, tasks=tasks, seeds=args.seeds, preset=args.preset,
-        runs_dir=args.runs_dir, device=device, candidate_hparams=parse_hparams(args.hparam),
-        baseline_hparams=parse_hparams(args.baseline_hparam),
-        task_options=task_options_for(tasks, args.text_file, args.data_dir), gates=gates,
-        reuse_candidate=args.reuse_candidate, on_mismatch=args.on_env_mismatch, lr_from_baseline=args.lr_from_baseline,
-        tune=Protocol() if args.tune else None, measure_memory_pass=not args.no_memory_pass,
-        progress=not args.no_progress,
-    )
+    executor = executor_from_args(args)
+    try:
+        report = run_check(
+            args.candidate, baseline=args.baseline, tasks=tasks, seeds=args.seeds, preset=args.preset,
+            runs_dir=args.runs_dir, device=device, candidate_hparams=parse_hparams(args.hparam),
+            baseline_hparams=parse_hparams(args.baseline_hparam),
+            task_options=task_options_for(tasks, args.text_file, args.data_dir), gates=gates,
+            reuse_candidate=args.reuse_candidate, on_mismatch=args.on_env_mismatch,
+            lr_from_baseline=args.lr_from_baseline, tune=Protocol() if args.tune else None,
+            measure_memory_pass=not args.no_memory_pass,
+            progress=not args.no_progress, executor=executor,
+        )
+    finally:
+        executor.close()
     print(format_report(report))
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report_json(report), indent=1, default=str) + "\n")

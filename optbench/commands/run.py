@@ -11,8 +11,10 @@ import argparse
 
 from optbench.commands._common import (
     DEFAULT_RUNS_DIR,
+    add_executor_arguments,
     add_plugin_argument,
     csv_list,
+    executor_from_args,
     expand_optimizers,
     expand_tasks,
     int_list,
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerun-failed", action="store_true", help="rerun cells whose stored run errored")
     parser.add_argument("--no-memory-pass", action="store_true", help="skip the tensor-level memory pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_arguments(parser)
     add_plugin_argument(parser)
 
 
@@ -69,9 +72,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"optbench run: {len(tasks)} task(s) x {len(optimizers)} optimizer(s) x {len(args.seeds)} seed(s), "
           f"preset {args.preset}, device {device}, records in {args.runs_dir}")
     cells = make_cells(tasks, optimizers, args.seeds, hparams, options)
-    outcome = run_grid(cells, preset=args.preset, runs_dir=args.runs_dir, device=device,
-                       rerun_failed=args.rerun_failed, progress=not args.no_progress,
-                       measure_memory_pass=not args.no_memory_pass)
+    executor = executor_from_args(args)
+    try:
+        outcome = run_grid(cells, preset=args.preset, runs_dir=args.runs_dir, device=device,
+                           rerun_failed=args.rerun_failed, progress=not args.no_progress,
+                           measure_memory_pass=not args.no_memory_pass, executor=executor)
+    finally:
+        executor.close()
     not_ok = len(outcome.failed) + len(outcome.reused_failed)
     print(f"optbench run: {outcome.ran} run(s) done, {outcome.reused} reused from {args.runs_dir}, "
           f"{not_ok} not ok ({len(outcome.reused_failed)} of them reused"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from optbench.commands._common import (
+    add_executor_arguments,
     add_plugin_argument,
     command_line,
     csv_list,
+    executor_from_args,
     expand_optimizers,
     float_list,
     int_list,
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="skip the lr-sensitivity plot")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(parser)
     add_plugin_argument(parser)
 
 
@@ -59,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     protocol = Protocol(points=args.points, ratio=args.ratio, seeds=tuple(args.seeds),
                         max_extensions=args.max_extensions)
     optimizers = expand_optimizers(args.optimizers, args.device or "cpu")
-    results = sweep(args.task, optimizers, preset=args.preset, runs_dir=args.runs_dir, protocol=protocol,
-                    lrs=args.lrs, progress=not args.no_progress, device=args.device)
+    executor = executor_from_args(args)
+    try:
+        results = sweep(args.task, optimizers, preset=args.preset, runs_dir=args.runs_dir, protocol=protocol,
+                        lrs=args.lrs, progress=not args.no_progress, device=args.device, executor=executor)
+    finally:
+        executor.close()
     table = None if args.no_write_table else Path(args.table or TUNED_LRS_PATH)
     if table is not None:
         update_table(results, args.task, args.preset, table)
