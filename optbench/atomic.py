@@ -133,7 +133,11 @@ def writable_file(path: str | Path, flag: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {str(path)!r} is a folder; give a file name")
-    writable_dir(path.parent, f"{flag}'s folder")
+    try:
+        writable_dir(path.parent, f"{flag}'s folder")
+    except UsageError:
+        raise UsageError(f"{flag} {str(path)!r} is not writable: its folder {str(path.parent)!r} cannot be "
+                         "written") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {str(path)!r} is not writable; give a file you can write")
     return path
