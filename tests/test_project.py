@@ -15,10 +15,13 @@ from torch import nn
 import optbench.project as proj
 from optbench import registry
 from optbench.cli import main
-from optbench.commands.project import markdown
+from optbench.fake import fake_copy, fake_world, skip_init
 from optbench.memory import measure_training_memory
 from optbench.model_info import get_model_info
+from optbench.projection_tables import markdown
 from optbench.state import optimizer_state_bytes
+from optbench.workloads import derive_roles, resolve_workload
+from optbench.zoo import SHAPES
 
 
 def real_measurement(name: str):
@@ -32,7 +35,7 @@ def real_measurement(name: str):
 
 @pytest.fixture(scope="module")
 def digits_workload():
-    return proj.resolve_workload("task:digits-mlp", preset="cpu")
+    return resolve_workload("task:digits-mlp", preset="cpu")
 
 
 @pytest.mark.parametrize("full_steps", [False, True])
@@ -77,8 +80,8 @@ def test_formula_fallback_when_the_optimizer_cannot_run_on_fake_tensors(digits_w
     monkeypatch.setattr(proj, "measure_optimizer_steps", cannot)
     base = proj.stateless_run(digits_workload)
     row = proj.project_optimizer(digits_workload, "adamw", stateless=lambda: base)
-    with proj.fake_world(torch.float32):
-        formula = registry.get_optimizer("adamw").state_bytes(digits_workload.build())
+    with fake_world(torch.float32):
+        formula = registry.get_optimizer("adamw").state_bytes(digits_workload.build_model())
     assert row.method == "state: formula; peak: estimate"
     assert row.state_bytes == formula
     assert row.peak_bytes == base.peak_bytes + formula
@@ -97,8 +100,8 @@ EXPECTED_PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_builtin_shapes_have_the_published_sizes_and_declared_roles(name):
-    with proj.fake_world(torch.float32), proj.skip_init():
-        model = proj.SHAPES[name].build()
+    with fake_world(torch.float32), skip_init():
+        model = SHAPES[name].build()
         n = sum(p.numel() for p in model.parameters())
         info = get_model_info(model)
     assert n == EXPECTED_PARAMS[name]
@@ -114,8 +117,8 @@ def test_builtin_shapes_have_the_published_sizes_and_declared_roles(name):
 
 def test_fake_copy_leaves_the_real_model_alone():
     real = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    with proj.fake_world(torch.float32):
-        fake = proj.fake_copy(real)
+    with fake_world(torch.float32):
+        fake = fake_copy(real)
     assert type(real[0].weight.data) is torch.Tensor
     assert "Fake" in type(fake[0].weight).__name__ and isinstance(fake[0].weight, nn.Parameter)
     assert fake[1].running_mean.shape == real[1].running_mean.shape
@@ -132,7 +135,7 @@ class _Tokens(nn.Module):
 
 
 def test_derive_roles_reads_module_types_and_leaves_bare_parameters_unresolved():
-    roles, unresolved = proj.derive_roles(_Tokens())
+    roles, unresolved = derive_roles(_Tokens())
     assert roles["embed.weight"] == "embedding"
     assert roles["attn.in_proj_weight"] == "qkv" and roles["attn.in_proj_bias"] == "bias"
     assert roles["attn.out_proj.weight"] == "linear"
@@ -157,7 +160,7 @@ def test_user_model_without_metadata_marks_optimizers_that_need_it(monkeypatch):
     needing = sorted(n for n, s in registry.optimizers().items() if s.needs_model_info)
     if not needing:
         pytest.skip("no registered optimizer declares needs_model_info")
-    workload = proj.resolve_workload(target)
+    workload = resolve_workload(target)
     result = proj.project(workload, ["sgd", needing[0]])
     rows = {r.optimizer: r for r in result.rows}
     assert rows[needing[0]].status == "needs model metadata"
@@ -171,7 +174,7 @@ def test_bf16_parameters_halve_the_projected_state(monkeypatch):
     target = _install_factory_module(monkeypatch)
     rows = {}
     for dtype in ("fp32", "bf16"):
-        result = proj.project(proj.resolve_workload(target, dtype=dtype), ["adamw"])
+        result = proj.project(resolve_workload(target, dtype=dtype), ["adamw"])
         rows[dtype] = result.rows[0]
         n_params, n_tensors = result.n_params, 4
     assert rows["fp32"].state_bytes == 8 * n_params + 4 * n_tensors
@@ -180,15 +183,15 @@ def test_bf16_parameters_halve_the_projected_state(monkeypatch):
 
 def test_bad_inputs_name_the_accepted_values():
     with pytest.raises(ValueError, match="unknown model 'gpt5'.*llama2-7b"):
-        proj.resolve_workload("gpt5")
+        resolve_workload("gpt5")
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
-        proj.resolve_workload("gpt2-small", dtype="fp8")
+        resolve_workload("gpt2-small", dtype="fp8")
     with pytest.raises(ValueError, match="--seq-len applies to language models"):
-        proj.resolve_workload("resnet50", seq_len=128)
+        resolve_workload("resnet50", seq_len=128)
     with pytest.raises(ValueError, match="exceeds gpt2-small's context of 1024"):
-        proj.resolve_workload("gpt2-small", seq_len=2048)
+        resolve_workload("gpt2-small", seq_len=2048)
     with pytest.raises(ValueError, match="batch size must be >= 1"):
-        proj.resolve_workload("gpt2-small", batch_size=0)
+        resolve_workload("gpt2-small", batch_size=0)
 
 
 def test_cli_json_and_usage_errors(capsys, tmp_path):
@@ -216,7 +219,7 @@ def test_markdown_names_the_command_and_every_model(digits_workload):
 
 @pytest.mark.slow
 def test_llama2_7b_adamw_state_is_two_moments_and_a_step_per_tensor():
-    result = proj.project(proj.resolve_workload("llama2-7b"), ["adamw"])
+    result = proj.project(resolve_workload("llama2-7b"), ["adamw"])
     (row,) = result.rows
     assert row.method == "state: measured; peak: composed"
     assert row.state_bytes == 8 * result.n_params + 4 * (32 * 9 + 2 + 1)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
 
-import torch
-from tabulate import tabulate
-
-from optbench import project as proj
 from optbench.commands._common import add_plugin_argument, csv_list, load_plugins
+from optbench.zoo import DEFAULT_STEPS, DTYPES, SHAPES
 
 HELP = "project optimizer state and peak training memory for a model at scale, on fake tensors (no memory)"
 ALL_BUILTIN = "builtin"
@@ -22,18 +17,18 @@ ALL_BUILTIN = "builtin"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=csv_list, metavar="NAME[,NAME..]",
-                        help=f"built-in shape ({', '.join(proj.SHAPES)}), '{ALL_BUILTIN}' for all of them, "
+                        help=f"built-in shape ({', '.join(SHAPES)}), '{ALL_BUILTIN}' for all of them, "
                              "task:NAME, a torchvision model name, or module:factory")
     parser.add_argument("--optimizers", type=csv_list, default=None, metavar="O,..",
                         help="optimizers to project (default: every registered one); adamw is always added as "
                              "the ratio baseline")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the shape's own)")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (language models)")
-    parser.add_argument("--dtype", choices=sorted(proj.DTYPES), default="fp32",
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                         help="dtype of parameters, gradients and activations (default fp32)")
     parser.add_argument("--preset", default="smoke", help="preset whose batches a task:NAME model uses")
-    parser.add_argument("--steps", type=int, default=proj.DEFAULT_STEPS,
-                        help=f"optimizer steps per projection (default {proj.DEFAULT_STEPS})")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"optimizer steps per projection (default {DEFAULT_STEPS})")
     parser.add_argument("--full-steps", action="store_true",
                         help="track whole training steps per optimizer instead of one shared forward/backward "
                              "(slower)")
@@ -47,16 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _models(names: list[str]) -> list[str]:
     out: list[str] = []
     for name in names:
-        out.extend(proj.SHAPES if name == ALL_BUILTIN else [name])
+        out.extend(SHAPES if name == ALL_BUILTIN else [name])
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from optbench import project as proj
+    from optbench.projection_tables import METHOD_LEGEND, TABLE_HEADERS, markdown, summary_line, table_rows
+    from optbench.workloads import resolve_workload
+
     load_plugins(args)
     projections = []
     started = time.perf_counter()
     for name in _models(args.model):
-        workload = proj.resolve_workload(name, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+        workload = resolve_workload(name, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                                          preset=args.preset)
         t0 = time.perf_counter()
         projection = proj.project(
@@ -66,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         projection.notes.append(f"projected in {time.perf_counter() - t0:.0f} s wall")
         projections.append(projection)
     if args.json:
-        print(json.dumps({"legend": proj.METHOD_LEGEND, "projections": [p.to_dict() for p in projections]},
+        print(json.dumps({"legend": METHOD_LEGEND, "projections": [p.to_dict() for p in projections]},
                          indent=1, default=str))
     else:
         for p in projections:
-            print(proj.summary_line(p))
-            print(tabulate(proj.table_rows(p), headers=proj.TABLE_HEADERS))
+            print(summary_line(p))
+            print(tabulate(table_rows(p), headers=TABLE_HEADERS))
             print()
-        print(proj.METHOD_LEGEND)
+        print(METHOD_LEGEND)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(markdown(projections, canonical_command(args), time.perf_counter() - started, outer=args.command))
@@ -94,35 +95,9 @@ def canonical_command(args: argparse.Namespace) -> str:
         words += ["--dtype", args.dtype]
     if any(m.startswith("task:") for m in args.model):
         words += ["--preset", args.preset]
-    if args.steps != proj.DEFAULT_STEPS:
+    if args.steps != DEFAULT_STEPS:
         words += ["--steps", str(args.steps)]
     if args.full_steps:
         words.append("--full-steps")
     words += [f"--plugin={p}" for p in args.plugin] + ["--out", args.out]
     return shlex.join(words)
-
-
-def markdown(projections: list[proj.Projection], command: str, wall_s: float, outer: str | None = None) -> str:
-    """The projections as a markdown page whose header names the command that wrote it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# Memory projection",
-        "",
-        f"Written by `{outer}`, which runs `{command}`," if outer else f"Written by `{command}`",
-        f"on {stamp} (torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{wall_s:.0f} s wall on a shared machine).",
-        "",
-        "Every model is built on fake tensors (`FakeTensorMode`: shapes and dtypes, no memory) and each "
-        "optimizer runs through its registered spec with its default hyperparameters. Ratios are to AdamW.",
-        "",
-        proj.METHOD_LEGEND,
-        "",
-    ]
-    for p in projections:
-        lines += [f"## {p.model}", "", proj.summary_line(p) + ".", ""]
-        if p.roles:
-            lines += [f"Parameter roles ({p.roles.get('source')}): "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(p.roles.get("counts", {}).items())) + ".", ""]
-        lines += [tabulate(proj.table_rows(p), headers=proj.TABLE_HEADERS, tablefmt="github"), ""]
-        lines += [f"- {note}" for note in p.notes] + [""]
-    return "\n".join(lines)
