@@ -43,7 +43,7 @@ class FlippedAdamW(torch.optim.AdamW):
 
 def register_flipped() -> None:
     registry.register_optimizer(OptimizerSpec(
-        name="calibration-flipped", family="adam", paper="-", state_bytes=lambda model, **_: 0,
+        name="calibration-flipped", family="adam", paper="-",  # no state formula: a plugin needs none
         build=lambda model, lr, **_: FlippedAdamW(model.parameters(), lr=lr, foreach=False)))
 
 

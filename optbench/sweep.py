@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,10 +263,12 @@ def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | 
         cells = [cell for name, lr, seed in wanted for cell in make_cells([task], [name], [seed], {"lr": lr}, options)]
         outcome = run_grid(cells, preset=preset, runs_dir=runs_dir, device=device, progress=progress,
                            measure_memory_pass=False, log=log, executor=executor, fresh=cells if rerun else ())
-        if len(outcome.records) != len(cells):
-            raise RuntimeError(f"sweep of {task}: {len(cells) - len(outcome.records)} run(s) left no record")
-        for (name, _, _), record in zip(wanted, outcome.records, strict=True):
-            searches[name].add(Trial.from_record(record))
+        unfinished = sum(record is None for record in outcome.by_cell)
+        if unfinished or len(outcome.by_cell) != len(cells):
+            raise RuntimeError(f"sweep of {task}: {unfinished or len(cells)} run(s) left no record")
+        for (name, lr, seed), record in zip(wanted, outcome.by_cell, strict=True):
+            # Keyed by the lr asked for, whatever float the record's hparams round-trip to.
+            searches[name].add(replace(Trial.from_record(record), lr=lr, seed=seed))
     return {name: SweepResult(name, starts[name], protocol.seeds, sorted(s.trials.values(), key=lambda t: (t.lr, t.seed)),
                               s.chosen_lr) for name, s in searches.items()}
 
