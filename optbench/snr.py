@@ -21,14 +21,20 @@ same mean, it takes the same decision as ``SNR > alpha``:
   ``||V - mean_K V|| / ||V||``; compress when it is below ``1/sqrt(1 + alpha)``
   (for equal slices ``relerr^2 = 1 / (1 + s)``).
 
+Options: every non-empty subset of a tensor's dims, as the reference code does (3 for a matrix,
+7 for a 3-D tensor, 15 for a 4-D conv weight); the three a paper names are ``fan_in`` (every dim
+but 0), ``fan_out`` (dim 0) and ``both`` (all dims), the others ``axes_<dims>``.
+
 The math is a set of small pure functions (``snr_along``, ``variance_along``, ``relerr_along``,
-``axis_options``, ``choose_axes``); ``proxy_run`` is the Adam training that records them.
+``axis_options``, ``choose_axes``); ``proxy_run`` is the Adam training that records them, and
+``optbench.snr_trace`` reads a recorded trace back (ours, or the reference code's logs).
+Rules files are read and written by ``optbench.rules``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import itertools
 import math
 import time
 from collections import Counter
@@ -42,6 +48,7 @@ from torch import nn
 
 from optbench.loop import TrainingStep
 from optbench.model_info import get_model_info
+from optbench.rules import compressed_numel, dump_rules, read_rules, write_rules  # noqa: F401 (dump_rules: re-exported)
 from optbench.spec import Budget, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
 
@@ -120,18 +127,22 @@ def moment_stats(v: torch.Tensor, axes: Sequence[int]) -> dict[str, float]:
 
 
 def axis_options(shape: Sequence[int], role: str) -> dict[str, Axes]:
-    """The compression axes tried for a tensor: fan-in, fan-out and both.
+    """The compression axes tried for a tensor: every non-empty subset of its dims, by name.
 
-    For an (out, in) weight fan-in is (1,) and fan-out (0,); for a conv weight (out, in, kh, kw)
-    fan-in is the input-channel and kernel dims (1, 2, 3). Norm weights, biases and 1-D tensors
-    are never compressed (no options). An option that averages over a single element saves
-    nothing and is left out.
+    ``fan_in``, ``fan_out`` and ``both`` come first (for an (out, in) weight they are (1,), (0,)
+    and (0, 1), the only three; for a conv weight (out, in, kh, kw) fan-in is (1, 2, 3)), then
+    the other subsets, smaller first (``axes_1``, ``axes_2_3``, ...): 15 options for a 4-D conv.
+    Norm weights, biases and 1-D tensors are never compressed (no options). An option that
+    averages over a single element saves nothing and is left out.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or role in NEVER_COMPRESSED_ROLES:
         return {}
-    candidates = {"fan_in": tuple(range(1, len(shape))), "fan_out": (0,), "both": tuple(range(len(shape)))}
-    return {name: axes for name, axes in candidates.items() if math.prod(shape[a] for a in axes) > 1}
+    dims = range(len(shape))
+    named = (tuple(range(1, len(shape))), (0,), tuple(dims))
+    others = (c for r in range(1, len(shape) + 1) for c in itertools.combinations(dims, r) if c not in named)
+    subsets = [*named, *others]
+    return {option_name(shape, axes): axes for axes in subsets if math.prod(shape[a] for a in axes) > 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,16 +232,19 @@ class ParamInfo:
 class ProxyTrace:
     """What a proxy run recorded: one row per (step, parameter, axis option), plus its cost."""
 
-    task: str
-    preset: str
-    lr: float
+    task: str | None
+    preset: str | None
+    lr: float | None
     steps: int
-    every: int
-    seed: int
+    every: int | None
+    seed: int | None
     params: list[ParamInfo]
     rows: list[dict[str, Any]] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)
     cost: dict[str, float] = field(default_factory=dict)
+    # A trace read from a file (optbench.snr_trace) instead of recorded by a proxy run here:
+    # {"path", "format", "statistics", "recorded_steps"}; the proxy's fields above are then None.
+    source: dict[str, Any] | None = None
 
     def options(self, param: ParamInfo) -> dict[str, Axes]:
         return axis_options(param.shape, param.role)
@@ -261,19 +275,13 @@ def derive_rules(trace: ProxyTrace, criterion: str = "snr", alpha: float = 1.0) 
 
 
 def option_name(shape: Sequence[int], axes: Sequence[int] | None) -> str:
-    """'fan_in', 'fan_out', 'both' or 'none' for the given axes of a tensor of this shape."""
-    if axes is None:
+    """'fan_in', 'fan_out', 'both', 'axes_<dims>' (another subset) or 'none' for axes of a tensor of this shape."""
+    if not axes:
         return "none"
     n = len(shape)
     named = {tuple(range(1, n)): "fan_in", (0,): "fan_out", tuple(range(n)): "both"}
-    return named.get(tuple(sorted(axes)), str(tuple(axes)))
-
-
-def compressed_numel(shape: Sequence[int], axes: Sequence[int] | None) -> int:
-    """Entries of the second moment kept when V is averaged along ``axes`` (keepdim)."""
-    if not axes:
-        return math.prod(shape)
-    return math.prod(s for d, s in enumerate(shape) if d not in set(axes))
+    axes = tuple(sorted(axes))
+    return named.get(axes, "axes_" + "_".join(map(str, axes)))
 
 
 def memory_saving(params: Sequence[ParamInfo], rules: Mapping[str, Sequence[int] | None]) -> dict[str, float]:
@@ -449,7 +457,9 @@ def write_trace_csv(trace: ProxyTrace, path: str | Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=TRACE_COLUMNS)
         writer.writeheader()
         for row in trace.rows:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in TRACE_COLUMNS})
+            # repr: the shortest text that reads back as the same float, so rules re-derived from the file
+            # (optbench snr --from-trace) are the rules derived here
+            writer.writerow({k: (repr(row[k]) if isinstance(row[k], float) else row[k]) for k in TRACE_COLUMNS})
     return path
 
 
@@ -471,17 +481,16 @@ def rules_document(trace: ProxyTrace, rules: Mapping[str, list[int] | None], *, 
     """The rules JSON: exact parameter names -> axes | null, then metadata under '_' keys."""
     saving = memory_saving(trace.params, rules)
     doc: dict[str, Any] = dict(rules)
+    doc.update({"_command": command, "_task": trace.task})
+    if trace.preset is not None:  # the proxy's budget, or the preset whose model a trace was checked against
+        doc.update({"_preset": trace.preset})
+    doc.update({"_criterion": criterion, "_alpha": alpha, "_threshold": get_criterion(criterion).rule})
+    if trace.source is None:
+        doc.update({"_proxy_lr": trace.lr, "_proxy_steps": trace.steps, "_every": trace.every, "_seed": trace.seed})
+    else:
+        doc.update({"_trace": trace.source["path"], "_trace_format": trace.source["format"],
+                    "_recorded_steps": trace.source["recorded_steps"]})
     doc.update({
-        "_command": command,
-        "_task": trace.task,
-        "_preset": trace.preset,
-        "_criterion": criterion,
-        "_alpha": alpha,
-        "_threshold": get_criterion(criterion).rule,
-        "_proxy_lr": trace.lr,
-        "_proxy_steps": trace.steps,
-        "_every": trace.every,
-        "_seed": trace.seed,
         "_v_saved_share": round(saving["v_saved_share"], 6),
         "_state_saved_share": round(saving["state_saved_share"], 6),
         # the shapes the rules were derived on: a changed model makes the file stale (tests check this)
@@ -490,16 +499,7 @@ def rules_document(trace: ProxyTrace, rules: Mapping[str, list[int] | None], *, 
     return doc
 
 
-def dump_rules(doc: Mapping[str, Any]) -> str:
-    """JSON with one key per line (axes lists stay on their key's line, so diffs read per tensor)."""
-    body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items())
-    return "{\n" + body + "\n}\n"
-
-
-def load_rules(source: str | Path | Mapping[str, Any]) -> dict[str, list[int] | None]:
-    """Parameter rules from a rules file or dict, with the '_' metadata keys removed."""
-    doc = json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else dict(source)
-    return {k: v for k, v in doc.items() if not k.startswith("_")}
+load_rules = read_rules  # the one rules reader (optbench.rules), also SlimAdam's
 
 
 def summary_markdown(trace: ProxyTrace, rules: Mapping[str, list[int] | None], *, criterion: str, alpha: float,
@@ -510,13 +510,20 @@ def summary_markdown(trace: ProxyTrace, rules: Mapping[str, list[int] | None], *
     crit = get_criterion(criterion)
     roles = role_summary(trace, rules, criterion)
     saving = memory_saving(trace.params, rules)
+    if trace.source is None:
+        title = f"# SNR rules for {trace.task} ({trace.preset} preset)"
+        origin = (f"Proxy: Adam at lr {trace.lr:g} for {trace.steps} steps (seed {trace.seed}), V recorded at "
+                  f"{trace.cost.get('recorded_steps', '?')} steps (step 1 and every {trace.every}).")
+    else:
+        title = f"# SNR rules from {Path(trace.source['path']).name}" + (f" ({trace.task})" if trace.task else "")
+        origin = (f"Trace: `{trace.source['path']}` ({trace.source['format']} format), V recorded at "
+                  f"{len(trace.source['recorded_steps'])} steps (up to step {trace.steps}); "
+                  f"{len(trace.params)} tensors.")
     lines = [
-        f"# SNR rules for {trace.task} ({trace.preset} preset)",
+        title,
         "",
         f"Made by `{command}`.",
-        f"Proxy: Adam at lr {trace.lr:g} for {trace.steps} steps (seed {trace.seed}), V recorded at "
-        f"{trace.cost.get('recorded_steps', '?')} steps (step 1 and every {trace.every}). "
-        f"Criterion `{criterion}`: {crit.rule}, alpha = {alpha:g}, score averaged over recorded steps.",
+        f"{origin} Criterion `{criterion}`: {crit.rule}, alpha = {alpha:g}, score averaged over recorded steps.",
         "",
         "## Per layer role",
         "",
@@ -545,17 +552,17 @@ def summary_markdown(trace: ProxyTrace, rules: Mapping[str, list[int] | None], *
 
 def write_outputs(trace: ProxyTrace, out: str | Path, *, criterion: str, alpha: float, command: str,
                   rules_out: str | Path | None = None) -> dict[str, Path]:
-    """trace.csv, rules.json and summary.md under ``out`` (and the rules at ``rules_out`` too)."""
+    """rules.json and summary.md under ``out``, trace.csv too for a proxy run (a trace read from a file
+    is not written again), and the rules at ``rules_out`` as well. Rules files are written atomically:
+    slimadam-snr reads them in every run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rules = derive_rules(trace, criterion, alpha)
     doc = rules_document(trace, rules, criterion=criterion, alpha=alpha, command=command)
-    paths = {"trace": write_trace_csv(trace, out / "trace.csv"), "rules": out / "rules.json",
-             "summary": out / "summary.md"}
-    paths["rules"].write_text(dump_rules(doc))
+    paths = {} if trace.source is not None else {"trace": write_trace_csv(trace, out / "trace.csv")}
+    paths["rules"] = write_rules(out / "rules.json", doc)
+    paths["summary"] = out / "summary.md"
     paths["summary"].write_text(summary_markdown(trace, rules, criterion=criterion, alpha=alpha, command=command))
-    if rules_out is not None:  # slimadam-snr reads this file in every run: written atomically
-        from optbench.atomic import write_text_atomic
-
-        paths["rules_out"] = write_text_atomic(rules_out, dump_rules(doc))
+    if rules_out is not None:
+        paths["rules_out"] = write_rules(rules_out, doc)
     return paths

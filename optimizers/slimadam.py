@@ -25,7 +25,6 @@ baseline compare optimizers, not recipes.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -40,10 +39,11 @@ from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 from optbench.optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.rules import COMPILE_PREFIX, canonical_name, compressed_shape  # noqa: F401 (re-exported)
+from optbench.rules import read_rules as load_rules  # the one rules reader, shared with optbench.snr
 
 Axes = tuple[int, ...] | None
 RULES_DIR = Path(__file__).parent / "rules"
-COMPILE_PREFIX = "_orig_mod."
 
 # Which axes the paper's Table 1 averages for each optbench role. "fan_in" = every dim but 0
 # (dim 1 of an (out, in) weight; in-channel and kernel dims of a conv), "fan_out" = dim 0,
@@ -68,11 +68,6 @@ ROLE_AXES: dict[str, str | None] = {
     "bias": None,
     "other": None,
 }
-
-
-def canonical_name(name: str) -> str:
-    """A parameter name without torch.compile's ``_orig_mod.`` segments."""
-    return name.replace(COMPILE_PREFIX, "")
 
 
 def _kind_to_axes(kind: str | None, ndim: int) -> Axes:
@@ -100,25 +95,6 @@ def static_rules(info: ModelInfo, shapes: Mapping[str, Sequence[int]] | None = N
     return rules
 
 
-def load_rules(rules: str | Path | Mapping[str, Any]) -> dict[str, Axes]:
-    """Rules from a JSON path or a dict: ``{name: [axes] | null}``; ``_``-prefixed keys are metadata."""
-    if isinstance(rules, (str, Path)):
-        path = Path(rules)
-        if not path.is_file():
-            raise ValueError(f"rules file {str(path)!r} does not exist")
-        rules = json.loads(path.read_text())
-    if not isinstance(rules, Mapping):
-        raise ValueError(f"rules must be a path or a dict {{name: [axes] | null}}, got {type(rules).__name__}")
-    out: dict[str, Axes] = {}
-    for name, axes in rules.items():
-        if name.startswith("_") and not name.startswith(COMPILE_PREFIX):
-            continue  # metadata such as "_command", "_alpha"
-        if axes is not None and (not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) for a in axes)):
-            raise ValueError(f"rule for {name!r} must be a list of ints or null, got {axes!r}")
-        out[canonical_name(name)] = None if axes is None or len(axes) == 0 else tuple(axes)
-    return out
-
-
 def compression_axes(model: nn.Module, rules: str | Path | Mapping[str, Any]) -> dict[str, Axes]:
     """Axes per trainable parameter (canonical names) from ``rules``; unnamed parameters stay full.
 
@@ -144,11 +120,6 @@ def compression_axes(model: nn.Module, rules: str | Path | Mapping[str, Any]) ->
             axes = norm
         result[name] = axes
     return result
-
-
-def compressed_shape(shape: Sequence[int], axes: Axes) -> tuple[int, ...]:
-    """The keepdim shape of the second moment: every axis in ``axes`` becomes 1."""
-    return tuple(1 if axes is not None and d in axes else s for d, s in enumerate(shape))
 
 
 def mean_square(grad: torch.Tensor, axes: Axes) -> torch.Tensor:

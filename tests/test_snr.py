@@ -71,11 +71,16 @@ def test_criteria_agree_on_uniform_slices_at_the_threshold():
 
 def test_axis_options_for_linear_conv_and_never_compressed():
     assert snr.axis_options((10, 5), "mlp_in") == {"fan_in": (1,), "fan_out": (0,), "both": (0, 1)}
-    assert snr.axis_options((8, 3, 3, 3), "conv_in") == {"fan_in": (1, 2, 3), "fan_out": (0,), "both": (0, 1, 2, 3)}
+    conv = snr.axis_options((8, 3, 3, 3), "conv_in")  # every non-empty subset of 4 dims, as the reference
+    assert len(conv) == 15 and len(set(conv.values())) == 15
+    assert list(conv.items())[:3] == [("fan_in", (1, 2, 3)), ("fan_out", (0,)), ("both", (0, 1, 2, 3))]
+    assert conv["axes_2_3"] == (2, 3) and conv["axes_1"] == (1,) and conv["axes_0_1_3"] == (0, 1, 3)
     assert snr.axis_options((10, 5), "norm") == {}
     assert snr.axis_options((10,), "mlp_in") == {}
     assert snr.axis_options((5, 7), "bias") == {}
-    assert snr.axis_options((1, 16, 8), "pos_embedding") == {"fan_in": (1, 2), "both": (0, 1, 2)}  # dim 0 is 1
+    # dim 0 is 1: averaging over it alone saves nothing, so fan_out is left out
+    assert snr.axis_options((1, 16, 8), "pos_embedding") == {"fan_in": (1, 2), "both": (0, 1, 2), "axes_1": (1,),
+                                                             "axes_2": (2,), "axes_0_1": (0, 1), "axes_0_2": (0, 2)}
 
 
 def test_bad_values_name_the_accepted_ones():
@@ -177,7 +182,7 @@ def test_rules_agreement_by_role():
 
 
 def test_study_matches_criteria_by_memory_saved():
-    from optbench.commands.study import matched_criteria
+    from optbench.studies import matched_criteria
 
     def row(crit, alpha, saved, metric, rules):
         return {"task": "t", "criterion": crit, "alpha": alpha, "v_saved": saved, "metric": metric,
@@ -212,12 +217,15 @@ def test_committed_rules_match_the_current_task_model(path):
     from optbench.registry import get_task
 
     doc = json.loads(path.read_text())
-    inst = get_task(doc["_task"]).instantiate("smoke", 0, "cpu")
+    inst = get_task(doc["_task"]).instantiate(doc.get("_preset", "smoke") if "_trace" in doc else "smoke", 0, "cpu")
     shapes = {n: list(p.shape) for n, p in inst.model.named_parameters() if p.requires_grad}
     assert doc["_task"] == path.stem
     assert doc["_shapes"] == shapes, f"stale rules: regenerate with `{doc['_command']}`"
     assert set(snr.load_rules(doc)) == set(shapes)
     assert doc["_command"].startswith(f"optbench snr --task {path.stem} ")
+    if "_trace" in doc:  # derived from a recorded trace (--from-trace): no proxy settings to check
+        assert Path(doc["_trace"]).is_file(), f"the trace these rules came from is gone: {doc['_trace']}"
+        return
     task = get_task(doc["_task"])
     if "--steps" not in doc["_command"]:  # the proxy ran the whole budget of its preset
         assert doc["_proxy_steps"] == task.budget(doc["_preset"]).steps, f"stale: rerun `{doc['_command']}`"
