@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
 
 from optbench import registry  # noqa: E402
-from optbench.lrs import resolve_lr  # noqa: E402
 from optbench.loop import TrainingStep  # noqa: E402
+from optbench.lrs import resolve_lr  # noqa: E402
 from optbench.runner import _sync, seed_everything, train  # noqa: E402
 from optbench.spec import Budget, EvalResult, TaskInstance  # noqa: E402
 
