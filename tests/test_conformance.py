@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import copy
 import io
-import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from conformance_model import TASK, build_model, conformance_hparams, fixed_batch, loss_fn
 
 from optbench.loop import NO_WATCH, StepWatch, TrainingStep
-from optbench.model_info import get_model_info
 from optbench.registry import optimizers
 from optbench.spec import OptimizerSpec
 from optbench.state import optimizer_state_bytes
