@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from optbench.gate import Gates
 from optbench.stats import HARD_BOUND_FACTOR, RELATIVE_FLOOR, STD_FACTOR
+from optbench.units import format_bytes
 
 if TYPE_CHECKING:
     from optbench.check import CheckReport
@@ -46,16 +47,6 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def format_report(report: CheckReport) -> str:
     """The whole printed report: header, rule, table, per-task notes, summary."""
     from tabulate import tabulate
@@ -76,7 +67,7 @@ def format_report(report: CheckReport) -> str:
             rows.append([v.task, metric, "", "", "", "", "", "", "", "", "", v.verdict])
             continue
         p = "n/a" if q.p_value is None else f"{q.p_value:.3g}"
-        state = f"{_fmt_ratio(v.state_ratio)} ({_fmt_bytes(v.state_bytes[0])})"
+        state = f"{_fmt_ratio(v.state_ratio)} ({format_bytes(v.state_bytes[0], digits=1, missing='n/a')})"
         rows.append([v.task, metric, f"{q.baseline_mean:.4f} ± {q.baseline_std:.4f}",
                      f"{q.candidate_mean:.4f} ± {q.candidate_std:.4f}", f"{q.difference:+.4f}",
                      f"{q.tolerance:.4g}", q.test, p, state, _fmt_ratio(v.peak_ratio),

@@ -18,6 +18,8 @@ import pandas as pd
 
 from optbench.board import BASELINE, PEAK_COLUMNS, metric_ranks
 from optbench.records import MEMORY_CATEGORIES
+from optbench.units import byte_unit  # noqa: F401 - plots and the site import it from here
+from optbench.units import format_bytes as fmt_bytes
 
 NOT_COMPARABLE = "n/c"  # a step-time ratio across hardware or concurrency
 DIFF_LABEL = "held-out loss diff vs AdamW (95% CI)"  # optbench.verdicts compares final held-out loss
@@ -34,23 +36,6 @@ class Cell(NamedTuple):
 
 def _finite(x) -> bool:
     return x is not None and not isinstance(x, str) and math.isfinite(x)
-
-
-def fmt_bytes(n: float) -> str:
-    if not _finite(n):
-        return "—"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def byte_unit(max_bytes: float) -> tuple[str, int]:
-    """The unit a plot axis uses for values up to ``max_bytes``."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if max_bytes >= size:
-            return unit, size
-    return "B", 1
 
 
 def fmt(x: float, spec: str, suffix: str = "") -> str:
