@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from optbench.loop import autocast
 from optbench.spec import Budget, EvalResult, TaskInstance
 
 VOCAB = 256
@@ -89,7 +90,7 @@ def bits_per_byte_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int, d
         total = 0.0
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with autocast(device, autocast_dtype):
                 logits = model(xb)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.reshape(-1),
                                      reduction="sum").item()

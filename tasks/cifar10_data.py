@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from optbench.loop import autocast
 from optbench.spec import Budget, EvalResult, TaskInstance
 
 DEFAULT_DATA_DIR = Path("~/.cache/optbench").expanduser()
@@ -227,7 +228,7 @@ def accuracy_evaluator(x: torch.Tensor, y: torch.Tensor, device: torch.device, b
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, len(x), batch_size):
             xb, yb = normalize_on_device(x[start : start + batch_size]), y[start : start + batch_size]
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with autocast(device, autocast_dtype):
                 logits = model(xb).float()
             loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(-1) == yb).sum()
@@ -241,14 +242,14 @@ def cifar10_instance(model: nn.Module, budget: Budget, seed: int, device: torch.
                      notes: list[str], eval_batch_size: int = 1000) -> TaskInstance:
     """The CIFAR-10 tasks' data, loss and accuracy around an already-built ``model`` (bf16 autocast on CUDA)."""
     x_tr, y_tr, x_te, y_te = data
-    autocast = torch.bfloat16 if device.type == "cuda" else None
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     return TaskInstance(
         model=model,
         batches=train_batches(x_tr, y_tr, budget.batch_size, seed, device),
         loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]).float(), batch[1]),
-        evaluate=accuracy_evaluator(x_te, y_te, device, batch_size=eval_batch_size, autocast_dtype=autocast),
+        evaluate=accuracy_evaluator(x_te, y_te, device, batch_size=eval_batch_size, autocast_dtype=autocast_dtype),
         samples_per_step=budget.batch_size,
-        autocast_dtype=autocast,
+        autocast_dtype=autocast_dtype,
         notes=notes,
     )
 
