@@ -28,8 +28,19 @@ How the figures are read (all on the model's device):
 
 On CUDA, MemTracker rounds each storage up to the caching allocator's 512-byte block, so
 its figures exceed exact element counts by that rounding (a 0-d ``step`` tensor counts
-512 bytes). ``cuda_max_allocated``/``cuda_max_reserved`` come from the allocator after
-``torch.cuda.reset_peak_memory_stats``. The CUDA path has not been run on this machine.
+512 bytes). ``cuda_max_allocated``/``cuda_max_reserved`` are the caching allocator's peaks
+over the same steps, taken after ``gc.collect()``, ``torch.cuda.empty_cache()`` and
+``torch.cuda.reset_peak_memory_stats`` (so a grid's earlier runs do not leak into them); they
+also hold what the tracker leaves out on purpose (the data set on the device, library
+workspaces, allocator rounding), and the ``method`` string says so. The CUDA path has not run
+on a GPU while this was written.
+
+``_PeakTracker`` overrides two private MemTracker methods (``_update_snap``,
+``_update_peak_stats``) and reads its private snapshot dicts: torch has no public hook for
+"which storages were live at the peak". ``tracker_incompatibility()`` checks that those
+internals have the shape this module expects (torch 2.11 on the GPU image, 2.14 here); where
+they do not, or where the tracker sees no allocation at all, the counted fallback below runs
+and its ``method`` says why.
 
 If MemTracker fails on an optimizer (packages with custom kernels or tensor subclasses),
 the steps run again without it and the figures come from counting tensors directly; the
@@ -41,6 +52,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import gc
+import inspect
 
 import torch
 from torch import nn
@@ -207,6 +221,8 @@ def _report(tracker: _PeakTracker, state_ids: set[int], optimizer: torch.optim.O
         by_cat[_FOLD[name]] += nbytes
     if sum(by_cat.values()) != peak:  # every live storage is filed once; a mismatch is a tracking bug
         raise RuntimeError(f"MemTracker breakdown {by_cat} does not add up to its peak {peak}")
+    if by_cat["params"] <= 0:  # the parameters are always live: seeing none means the hooks never ran
+        raise RuntimeError(f"MemTracker saw no parameter bytes at its peak {peak} (torch {torch.__version__})")
     return MemoryReport(peak_bytes=peak, peak_by_category=by_cat, method=method, raw_by_category=raw,
                         optimizer_state_bytes=optimizer_state_bytes(optimizer), device=str(device))
 
@@ -314,23 +330,68 @@ def measure_training_memory(
     source = batches if isinstance(batches, Iterator) else None
     todo = _prefetch(source if source is not None else iter(batches), steps)
     on_cuda = device.type == "cuda" and torch.cuda.is_available()
-    if on_cuda:  # never run here: no GPU on the development machine
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    if on_cuda:
+        _reset_cuda_peaks(device)
     try:
+        incompatible = tracker_incompatibility()
+        if incompatible:
+            raise RuntimeError(incompatible)
         # the list is handed over: the run drops each batch after its step
         report = _tracked_run(model, optimizer, todo, train_step, device)
     except Exception as exc:  # noqa: BLE001 - any tracker failure falls back, and the method says why
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(device)
         todo = _prefetch(source if source is not None else iter(batches), steps)
+        if on_cuda:
+            _reset_cuda_peaks(device)
         report = _counted_run(model, optimizer, todo, train_step, device, why)
     if on_cuda:
         torch.cuda.synchronize(device)
         report.cuda_max_allocated = int(torch.cuda.max_memory_allocated(device))
         report.cuda_max_reserved = int(torch.cuda.max_memory_reserved(device))
+        report.method += f"; {CUDA_FIGURES}"
     return report
+
+
+CUDA_FIGURES = (
+    "cuda_max_allocated/cuda_max_reserved: torch's caching-allocator peaks over the same steps after "
+    "gc.collect, empty_cache and reset_peak_memory_stats; unlike peak_bytes they include the data set on "
+    "the device, library workspaces and allocator rounding"
+)
+
+
+def _reset_cuda_peaks(device: torch.device) -> None:
+    """Free what earlier runs left (unreachable tensors, cached blocks), then restart the peaks from now."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+# The private MemTracker pieces _PeakTracker relies on: (attribute, parameters it must accept).
+_TRACKER_INTERNALS = {
+    "_update_snap": ("u_type", "winfo", "old_mem_consumed", "old_reftype"),
+    "_update_peak_stats": ("peak_state",),
+    "_update_and_maybe_create_winfos": (),
+    "track_external": (),
+    "reset_mod_stats": (),
+}
+
+
+def tracker_incompatibility() -> str | None:
+    """Why this torch's MemTracker does not fit ``_PeakTracker`` (names the missing piece), or None."""
+    for name, params in _TRACKER_INTERNALS.items():
+        method = getattr(MemTracker, name, None)
+        if not callable(method):
+            return f"torch {torch.__version__}'s MemTracker has no {name}()"
+        missing = set(params) - set(inspect.signature(method).parameters)
+        if missing:
+            return f"torch {torch.__version__}'s MemTracker.{name}() takes no {', '.join(sorted(missing))}"
+    for member in ("PARAM", "BUFFER", "GRAD", "ACT", "TEMP", "OPT", "OTH"):
+        if not hasattr(_MemRefType, member):
+            return f"torch {torch.__version__}'s MemTracker has no reference type {member}"
+    if not (hasattr(_UpdateType, "ADD") and hasattr(_UpdateType, "DEL")):
+        return f"torch {torch.__version__}'s MemTracker has no ADD/DEL update types"
+    return None
 
 
 def report_dict(report: MemoryReport) -> dict[str, Any]:

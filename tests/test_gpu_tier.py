@@ -168,3 +168,20 @@ def test_the_command_slimadam_snr_suggests_makes_the_rules_it_needs(tmp_path, mo
     assert spec.unavailable_for("digits-mlp") is None
     model = get_task("digits-mlp").instantiate("smoke", 0, "cpu").model
     assert spec.build(model, 1e-3, **spec.resolve_hparams({})) is not None
+
+
+def test_the_memory_tracker_fits_this_torch_and_a_misfit_falls_back_with_a_reason(monkeypatch):
+    from torch import nn
+
+    from optbench import memory
+
+    assert memory.tracker_incompatibility() is None
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batches = [(torch.randn(4, 8), torch.randint(0, 2, (4,))) for _ in range(2)]
+    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    monkeypatch.delattr(memory.MemTracker, "_update_peak_stats")
+    assert "has no _update_peak_stats()" in memory.tracker_incompatibility()
+    report = memory.measure_training_memory(model, opt, batches, loss, steps=2)
+    assert report.method.startswith("fallback (MemTracker failed: RuntimeError: torch")
+    assert "_update_peak_stats" in report.method and report.peak_by_category["params"] > 0
