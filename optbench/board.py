@@ -325,6 +325,8 @@ class Board:
     summary: pd.DataFrame
     others: pd.DataFrame
     profiles: dict[str, pd.DataFrame] | None = None
+    # Per task: verdict counts, the share resolved and the seed-rank agreement (optbench.verdicts).
+    discrimination: pd.DataFrame | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -338,10 +340,56 @@ class Board:
         return self.runs[(self.runs["task"] == task) & self.runs["ranked"]]
 
 
+VERDICT_COLUMNS = ("verdict", "diff", "ci_low", "ci_high", "margin", "rel_diff", "n_paired", "reason")
+
+
+def task_margins(tasks: Iterable[str]) -> dict[str, float]:
+    """Each registered task's verdict margin (relative to AdamW's loss); tasks not registered now get none."""
+    from optbench import registry
+
+    specs = registry.tasks()
+    return {t: specs[t].margin for t in tasks if t in specs}
+
+
+def with_verdicts(cells: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``cells`` with each optimizer's verdict against AdamW joined on, and the per-task discrimination table.
+
+    The comparison reads the ranked configuration's runs only, on final held-out loss
+    (``optbench.verdicts``); a task not registered now (no margin) gets no verdicts.
+    """
+    from optbench import verdicts
+
+    ranked = runs[runs["ranked"]]
+    margins = task_margins(ranked["task"].unique())
+    ranked = ranked[ranked["task"].isin(margins)]
+    if ranked.empty or not (ranked["optimizer"] == BASELINE).any():
+        return cells, None
+    table = verdicts.verdict_table(ranked, margins, baseline=BASELINE).rename(columns={"n": "n_paired"})
+    merged = cells.merge(table[["task", "optimizer", *VERDICT_COLUMNS]], on=["task", "optimizer"], how="left")
+    return merged, verdicts.discrimination(table, ranked)
+
+
+def profiles(cells: pd.DataFrame, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """AlgoPerf-style performance profiles: mean final held-out loss (infinite for an optimizer that
+    diverged on any seed of a task) and exact optimizer-state bytes."""
+    from optbench import verdicts
+
+    ranked = runs[runs["ranked"] & (runs["status"] == "ok")]
+    loss = ranked.groupby(["task", "optimizer"])["eval_loss"].mean().rename("loss").reset_index()
+    quality = cells[["task", "optimizer", "n_diverged"]].merge(loss, on=["task", "optimizer"], how="left")
+    quality.loc[quality["n_diverged"] > 0, "loss"] = math.inf
+    return {
+        "held-out loss": verdicts.performance_profile(quality, "loss", verdicts.QUALITY_TAUS),
+        "optimizer state": verdicts.performance_profile(cells, "optimizer_state_bytes", verdicts.MEMORY_TAUS),
+    }
+
+
 def build_board(records: Sequence[tuple[Path, dict]]) -> Board:
     """Every table of the leaderboard from ``(path, record)`` pairs of one preset."""
     runs = runs_frame(records)
     runs["curve"] = runs["file"].map({str(path): record["curve"] for path, record in records})
     cells = aggregate(runs)
     cells = cells.merge(optimizer_info(cells["optimizer"]), on="optimizer", how="left")
-    return Board(runs=runs, cells=cells, summary=overall(cells), others=other_configurations(runs))
+    cells, discrimination = with_verdicts(cells, runs)
+    return Board(runs=runs, cells=cells, summary=overall(cells), others=other_configurations(runs),
+                 profiles=profiles(cells, runs), discrimination=discrimination)

@@ -131,6 +131,31 @@ def _overall_section(summary: pd.DataFrame) -> list[str]:
     return ["", "## Overall", "", OVERALL_TEXT, "", _table(texts(overall_table(summary)))]
 
 
+def _verdicts_section(board: Board) -> list[str]:
+    """The verdict rule, how well each task discriminated, and the performance profiles."""
+    from optbench.verdicts import RULE, resolved_share
+
+    disc = board.discrimination
+    if disc is None or disc.empty:
+        return []
+    cells = board.cells.dropna(subset=["verdict"])
+    total = resolved_share(cells)
+    rows = [{"task": r["task"], "comparisons": r["comparisons"],
+             **{v: r[v] for v in ("better", "equivalent", "worse", "inconclusive")},
+             "resolved": f"{100 * r['resolved_share']:.0f}%",
+             "seed-rank τ (median)": fmt(r["seed_rank_tau"], ".2f")} for _, r in disc.iterrows()]
+    lines = ["", "## Verdicts against AdamW", "", f"Rule: {RULE}", "",
+             f"Resolved (better, equivalent or worse): **{100 * total:.0f}%** of {len(cells)} comparisons. "
+             "Per task, how well it discriminated: the share of resolved verdicts, and the median Kendall τ "
+             "between the optimizer rankings that two seeds give (1 = every seed ranks alike).", "", _table(rows)]
+    for measure, profile in (board.profiles or {}).items():
+        lines += ["", f"Performance profile, {measure}: the share of tasks on which each optimizer is within a "
+                  "factor τ of the best optimizer on that task (Dolan & Moré 2002; AlgoPerf).", "",
+                  _table([{k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()}
+                          for r in profile.to_dict("records")])]
+    return lines
+
+
 def _failed_section(runs: pd.DataFrame, corrupt: Sequence[tuple[Path, str]]) -> list[str]:
     failed = runs[runs["status"] != "ok"]
     lines = ["", "## Failed runs", ""]
@@ -168,6 +193,7 @@ def render_markdown(board: Board, corrupt: Sequence[tuple[Path, str]], ctx: Repo
     lines = _header(board.runs, ctx)
     for task in board.tasks:
         lines += _task_section(task, board.task_cells(task), board.task_runs(task), (plots or {}).get(task))
+    lines += _verdicts_section(board)
     lines += _overall_section(board.summary)
     lines += _others_section(board.others)
     lines += _failed_section(board.runs, corrupt)

@@ -40,7 +40,7 @@ RESOLVED = ("better", "equivalent", "worse")
 CONFIDENCE = 0.95
 BASELINE = "adamw"
 QUALITY_TAUS = (1.0, 1.01, 1.02, 1.05, 1.1, 1.25)
-MEMORY_TAUS = (1.0, 2.0, 4.0, 8.0, 16.0, 64.0)
+MEMORY_TAUS = (1.0, 2.0, 4.0, 16.0, 64.0, 256.0)
 
 RULE = (
     "verdict vs AdamW per task, on final held-out loss: paired per-seed differences d = candidate - AdamW, "

@@ -250,3 +250,30 @@ def test_board_note_from_the_spec_is_shown_under_the_table(runs_dir, tmp_path, m
     assert "Note on `sgd`: defaults tuned for the sparse regime" in md.split("## task-b")[0]
     board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert set(board["family"]) == {"adam", "sgd"}
+
+
+def test_board_carries_verdicts_discrimination_and_profiles(tmp_path):
+    """On a registered task (its margin declared on the spec), each optimizer gets a verdict vs AdamW from the
+    paired held-out losses, and the markdown states the rule and the share of resolved verdicts."""
+    from optbench.board import build_board
+
+    runs = tmp_path / "runs"
+    losses = {"adamw": [0.30, 0.32, 0.31, 0.33, 0.30], "sgd": [0.40, 0.43, 0.41, 0.42, 0.41],
+              "lion": [0.30, 0.32, 0.31, 0.33, 0.30], "slimadam": [0.2, 0.5, 0.25, 0.45, 0.3]}
+    for optimizer, values in losses.items():
+        for seed, loss in enumerate(values):
+            record = make_record("digits-mlp", optimizer, seed, loss, higher_is_better=False,
+                                 state={"adamw": 2000, "sgd": 1000, "lion": 1000, "slimadam": 1100}[optimizer])
+            record["metrics"]["eval_loss"] = loss
+            put(runs, record)
+    board = build_board(load_runs(runs, "smoke").records)
+    verdicts = board.cells.set_index("optimizer")["verdict"]
+    assert verdicts["sgd"] == "worse" and verdicts["lion"] == "equivalent" and verdicts["slimadam"] == "inconclusive"
+    assert isinstance(verdicts.get("adamw"), float)  # the baseline has no verdict against itself
+    disc = board.discrimination.set_index("task")
+    assert disc.loc["digits-mlp", "resolved_share"] == pytest.approx(2 / 3)
+    memory = board.profiles["optimizer state"].set_index("optimizer")
+    assert memory.loc["sgd", "τ=1"] == 1.0 and memory.loc["adamw", "τ=1"] == 0.0 and memory.loc["adamw", "τ=2"] == 1.0
+    files = write_report(runs, tmp_path / "out", preset="smoke", plots=False)
+    text = files.markdown.read_text() if hasattr(files, "markdown") else (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    assert "## Verdicts against AdamW" in text and "Resolved (better, equivalent or worse): **67%**" in text
