@@ -69,7 +69,7 @@ def markdown(projections: list[Projection], command: str, wall_s: float, outer: 
         "",
         f"Written by `{outer}`, which runs `{command}`," if outer else f"Written by `{command}`",
         f"on {stamp} (torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{wall_s:.0f} s wall on a shared machine).",
+        f"{wall_s:.0f} s wall).",
         "",
         "Every model is built on fake tensors (`FakeTensorMode`: shapes and dtypes, no memory) and each "
         "optimizer runs through its registered spec with its default hyperparameters. Ratios are to AdamW.",

@@ -388,8 +388,8 @@ def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float |
     second-moment statistics at step 1 and every ``every`` steps.
 
     ``model_fn`` replaces the task's model by another one carrying model metadata (a narrower or
-    shallower proxy); the task's data, loss and budget are kept. Device-agnostic; only the CPU
-    path has been run.
+    shallower proxy); the task's data, loss and budget are kept. Each step is ``proxy_step``: the
+    task's training step (``optbench.loop``) at a constant lr.
     """
     budget = task.budget(preset)
     steps = budget.steps if steps is None else int(steps)

@@ -173,8 +173,9 @@ class GPT(nn.Module):
 class ViT(nn.Module):
     """Vision transformer: conv patch embedding, position embedding, blocks, pooled tokens, classifier.
 
-    ``pool="mean"`` (the tasks) averages the tokens and has no class token; ``pool="cls"``
-    prepends a learned class token and classifies from it, as the original ViT does.
+    ``pool="mean"`` (the tasks) averages the tokens and has no class token: on the 8x8 digits it
+    learned faster within the cpu budget, with one parameter fewer. ``pool="cls"`` prepends a
+    learned class token and classifies from it, as the original ViT does.
     """
 
     def __init__(self, image_size: int, patch: int, channels: int, classes: int, n_layers: int, d_model: int,

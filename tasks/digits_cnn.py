@@ -2,18 +2,9 @@
 
 Model: 3x3 conv stem (1 -> 32) + BatchNorm, a residual block at 32 channels (8x8), a
 residual block down to 64 channels (4x4, 1x1-conv shortcut), global average pooling and a
-linear classifier; about 77k parameters. Metric: test accuracy on the fixed 360-image split
-(tasks/_digits.py).
-
-Under the ``cpu`` budget (100 steps, batch 32) AdamW at lr 1e-3, seed 0, reaches 0.989 test
-accuracy (0.972 at step 50; at lr 3e-3: 0.981), measured with
-``python -m tasks.quick_train digits-cnn --preset cpu [--lr 3e-3]``.
-Rough timing: AdamW step 7.5 ms median (100 steps: 0.7 s) with 2 threads on a shared 2-core machine
-(load average ~3, so inflated).
-
-In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
-swept lr 0.001 reaches 0.986 ± 0.007 test accuracy over seeds 0-2, with a median
-training step of 7.1 ms on the quiet 2-core CPU machine.
+linear classifier; about 77k parameters. Data, split and metrics: tasks/_digits.py. What
+optimizers reach on it: results/LEADERBOARD.md (``nox -s bench``); a single run to check the
+budget by hand: ``python -m optbench.tasks.quick_train digits-cnn``.
 """
 
 from __future__ import annotations

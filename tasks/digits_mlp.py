@@ -1,11 +1,8 @@
 """digits-mlp: a two-hidden-layer MLP on scikit-learn's 8x8 handwritten digits.
 
-Model: 64 -> 256 -> 256 -> 10 with GELU (83k parameters). Metric: test accuracy on a fixed
-360-image split (tasks/_digits.py).
-
-In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
-swept lr 0.000333 reaches 0.973 ± 0.002 test accuracy over seeds 0-2, with a median
-training step of 1.3 ms on the quiet 2-core CPU machine.
+Model: 64 -> 256 -> 256 -> 10 with GELU (83k parameters). Data, split and metrics:
+tasks/_digits.py. What optimizers reach on it: results/LEADERBOARD.md (``nox -s bench``); a
+single run to check the budget by hand: ``python -m optbench.tasks.quick_train digits-mlp``.
 """
 
 from __future__ import annotations

@@ -2,18 +2,10 @@
 
 Model (tasks/_transformer.py ViT): 2x2 patches -> 16 tokens, d_model 64, 4 heads, 3
 blocks, MLP 256, LayerNorm, mean pooling, linear classifier; about 152k parameters. The patch
-embedding is a strided conv (role ``conv_in``, the vision first layer). Metric: test
-accuracy on the fixed 360-image split (tasks/_digits.py).
-
-Under the ``cpu`` budget (200 steps, batch 32) AdamW at lr 1e-3, seed 0, reaches 0.894 test
-accuracy (0.589 at step 100, 0.831 at 150; at lr 3e-3 only 0.622), measured with
-``python -m tasks.quick_train digits-vit --preset cpu [--lr 3e-3]``.
-Rough timing: AdamW step 14 ms median (200 steps: 2.9 s) with 2 threads on a shared 2-core machine
-(load average ~3, so inflated).
-
-In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
-swept lr 0.000333 reaches 0.917 ± 0.035 test accuracy over seeds 0-2, with a median
-training step of 8.4 ms on the quiet 2-core CPU machine.
+embedding is a strided conv (role ``conv_in``, the vision first layer). Data, split and
+metrics: tasks/_digits.py. What optimizers reach on it: results/LEADERBOARD.md
+(``nox -s bench``); a single run to check the budget by hand:
+``python -m optbench.tasks.quick_train digits-vit``.
 """
 
 from __future__ import annotations

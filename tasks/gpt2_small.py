@@ -14,8 +14,7 @@ bf16 autocast on CUDA; gradient clipping at 1.0 (the GPT-2 reference setting).
 smaller), said in ``TaskInstance.notes``. ``gpu_check`` (20 steps at batch 16, for
 ``optbench.gpu_check``) trains the full model. Held-out: up to 128 windows of 1024 bytes
 (``MAX_EVAL_WINDOWS``), fewer when the text holds fewer (the default corpus: 45), said in the
-notes. The CUDA path and the ``gpu`` budget's target were
-never run or measured while this was written (no GPU here).
+notes. Figures of GPU runs are published under results/ with the command that made them.
 """
 
 from __future__ import annotations

@@ -3,18 +3,9 @@
 Model: 4 layers, d_model 128, 4 heads, MLP 512, vocabulary 256 (bytes), context 128,
 untied LM head (see tasks/_transformer.py). Data: tasks/_text.py (last 10% held out), or a
 user's own text with the ``text_file`` option. Metric: held-out bits per byte (lower is
-better); EvalResult.loss carries the same in nats per byte.
-
-Under the ``cpu`` budget (100 steps of 8 x 128 bytes) AdamW at lr 1e-3, seed 0, reaches 4.13
-held-out bits per byte from 8.0 at initialisation (4.39 at step 50; train loss 2.74 nats at
-step 100). An earlier variant of this model did worse at lr 3e-3 (4.48) and 1e-2 (4.86).
-Measured with ``python -m tasks.quick_train topics-gpt --preset cpu``.
-Rough timing: AdamW step 71 ms median (100 steps: 7.1 s) with 2 threads on a shared 2-core
-machine (load average ~3, so inflated; 50 ms when the machine was quiet).
-
-In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
-swept lr 0.001 reaches 4.169 ± 0.063 held-out bits per byte over seeds 0-2, with a median
-training step of 58.9 ms on the quiet 2-core CPU machine.
+better); EvalResult.loss carries the same in nats per byte. What optimizers reach on it:
+results/LEADERBOARD.md (``nox -s bench``); a single run to check the budget by hand:
+``python -m optbench.tasks.quick_train topics-gpt``.
 """
 
 from __future__ import annotations

@@ -8,17 +8,9 @@ option swaps in a user's text.
 Roles: the LSTM input-to-hidden matrices ``weight_ih_l*`` (4 gates stacked, shape
 (4*hidden, in)) are ``linear``, the hidden-to-hidden ``weight_hh_l*`` are ``recurrent``.
 
-Under the ``cpu`` budget (100 steps of 16 x 64 bytes) AdamW at lr 1e-2, seed 0, reaches 3.14
-held-out bits per byte from 8.0 at initialisation (3.51 at step 50; at lr 3e-3: 3.75). A
-two-layer LSTM (hidden 192) stayed near the unigram plateau within this budget (4.66 at
-lr 3e-3, 4.70 at 1e-2), hence one layer. Measured with
-``python -m tasks.quick_train topics-lstm --preset cpu [--lr 3e-3]``.
-Rough timing: AdamW step 20 ms median (100 steps: 2.0 s) with 2 threads on a shared 2-core machine
-(load average ~3, so inflated).
-
-In the published leaderboard (`nox -s bench -- --seeds 0,1,2`, results/LEADERBOARD.md) AdamW at its
-swept lr 0.03 reaches 3.084 ± 0.133 held-out bits per byte over seeds 0-2, with a median
-training step of 17.4 ms on the quiet 2-core CPU machine.
+One layer: a two-layer LSTM stayed near the unigram plateau within the ``cpu`` budget. What
+optimizers reach on it: results/LEADERBOARD.md (``nox -s bench``); a single run to check the
+budget by hand: ``python -m optbench.tasks.quick_train topics-lstm``.
 """
 
 from __future__ import annotations

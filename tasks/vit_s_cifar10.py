@@ -12,8 +12,8 @@ all said in ``TaskInstance.notes``. ``cpu``/``gpu`` need the real data and raise
 ``MissingDataError`` naming the download command otherwise; ``gpu_check`` (30 steps at batch
 256, for ``optbench.gpu_check``) trains the full model on full-size stand-in images. The
 ``cpu`` budget (100 steps, batch 32) runs the full model on a CPU, to check a setup; it is
-not part of the CPU leaderboard. The CUDA path and the ``gpu`` budget's target were never run
-or measured while this was written (no GPU here).
+not part of the CPU leaderboard. Figures of GPU runs are published under
+results/ with the command that made them.
 """
 
 from __future__ import annotations
