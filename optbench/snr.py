@@ -345,14 +345,17 @@ def _norm_axes(axes: Sequence[int] | None) -> tuple[int, ...] | None:
 
 
 def proxy_lr(task: TaskSpec, lr_scale: float) -> float:
-    """lr_scale x the task's Adam learning rate (``default_lrs['adam']``, else ``['adamw']``)."""
+    """lr_scale x the task's starting lr for Adam (``optbench.lrs.starting_lr``: its AdamW lr)."""
+    from optbench.lrs import starting_lr
+    from optbench.registry import get_optimizer
+
     if not lr_scale > 0:
         raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
-    for key in ("adam", "adamw"):
-        if key in task.default_lrs:
-            return lr_scale * float(task.default_lrs[key])
-    raise ValueError(f"task {task.name!r} declares no 'adam' or 'adamw' learning rate in default_lrs "
-                     f"(it has: {', '.join(task.default_lrs) or 'none'}); pass lr explicitly")
+    lr, source = starting_lr(task, get_optimizer("adam"))
+    if source != "task":
+        raise ValueError(f"task {task.name!r} declares no 'adamw' learning rate in default_lrs "
+                         f"(it has: {', '.join(task.default_lrs) or 'none'}); pass lr explicitly")
+    return lr_scale * lr
 
 
 def record_stats(optimizer: torch.optim.Optimizer, params: Sequence[tuple[ParamInfo, nn.Parameter]],
