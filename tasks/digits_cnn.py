@@ -5,6 +5,10 @@ residual block down to 64 channels (4x4, 1x1-conv shortcut), global average pool
 linear classifier; about 77k parameters. Data, split and metrics: tasks/_digits.py. What
 optimizers reach on it: results/LEADERBOARD.md (``nox -s bench``); a single run to check the
 budget by hand: ``python -m optbench.tasks.quick_train digits-cnn``.
+Verdict margin (``margin=0.02``, fixed before any board result): 2% of AdamW's held-out loss,
+the widest the protocol allows. The loss here sits near its floor after the budget, where a
+2% difference is a fraction of one misclassified image's loss; a practitioner would not pick
+an optimizer on less.
 """
 
 from __future__ import annotations
@@ -81,14 +85,15 @@ SPEC = register_task(
     TaskSpec(
         name="digits-cnn",
         tier="cpu",
-        description="residual CNN (conv stem + 2 residual blocks, BatchNorm) on sklearn digits (8x8), test accuracy",
-        metric=Metric("accuracy", higher_is_better=True),
+        description="residual CNN (conv stem + 2 residual blocks, BatchNorm) on sklearn digits (8x8), held-out loss (accuracy secondary)",
+        metric=Metric("loss", higher_is_better=False),
         budgets={
-            "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=0.3, log_every=2),
-            "cpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.95, log_every=10),
-            "gpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.95, log_every=10),
+            "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=2.0, log_every=2),
+            "cpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.6, log_every=10),
+            "gpu": Budget(steps=100, batch_size=32, eval_every=25, target=0.6, log_every=10),
         },
         setup=setup,
+        margin=0.02,
         default_lrs={"adamw": 1e-3, "sgd": 0.05},
     )
 )

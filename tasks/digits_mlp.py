@@ -3,6 +3,10 @@
 Model: 64 -> 256 -> 256 -> 10 with GELU (83k parameters). Data, split and metrics:
 tasks/_digits.py. What optimizers reach on it: results/LEADERBOARD.md (``nox -s bench``); a
 single run to check the budget by hand: ``python -m optbench.tasks.quick_train digits-mlp``.
+Verdict margin (``margin=0.02``, fixed before any board result): 2% of AdamW's held-out loss,
+the widest the protocol allows. The loss here sits near its floor after the budget, where a
+2% difference is a fraction of one misclassified image's loss; a practitioner would not pick
+an optimizer on less.
 """
 
 from __future__ import annotations
@@ -43,14 +47,15 @@ SPEC = register_task(
     TaskSpec(
         name="digits-mlp",
         tier="cpu",
-        description="MLP 64-256-256-10 on sklearn digits (8x8), test accuracy",
-        metric=Metric("accuracy", higher_is_better=True),
+        description="MLP 64-256-256-10 on sklearn digits (8x8), held-out loss (accuracy secondary)",
+        metric=Metric("loss", higher_is_better=False),
         budgets={
-            "smoke": Budget(steps=30, batch_size=32, eval_every=15, target=0.5, log_every=5),
-            "cpu": Budget(steps=600, batch_size=64, eval_every=100, target=0.95, log_every=10),
-            "gpu": Budget(steps=600, batch_size=64, eval_every=100, target=0.95, log_every=10),
+            "smoke": Budget(steps=30, batch_size=32, eval_every=15, target=1.0, log_every=5),
+            "cpu": Budget(steps=600, batch_size=64, eval_every=100, target=0.15, log_every=10),
+            "gpu": Budget(steps=600, batch_size=64, eval_every=100, target=0.15, log_every=10),
         },
         setup=setup,
+        margin=0.02,
         default_lrs={"adamw": 1e-3, "sgd": 0.05},
     )
 )

@@ -6,6 +6,10 @@ embedding is a strided conv (role ``conv_in``, the vision first layer). Data, sp
 metrics: tasks/_digits.py. What optimizers reach on it: results/LEADERBOARD.md
 (``nox -s bench``); a single run to check the budget by hand:
 ``python -m optbench.tasks.quick_train digits-vit``.
+Verdict margin (``margin=0.02``, fixed before any board result): 2% of AdamW's held-out loss,
+the widest the protocol allows. The loss here sits near its floor after the budget, where a
+2% difference is a fraction of one misclassified image's loss; a practitioner would not pick
+an optimizer on less.
 """
 
 from __future__ import annotations
@@ -37,14 +41,15 @@ SPEC = register_task(
     TaskSpec(
         name="digits-vit",
         tier="cpu",
-        description="tiny ViT (2x2 patches, d 64, 4 heads, 3 blocks) on sklearn digits (8x8), test accuracy",
-        metric=Metric("accuracy", higher_is_better=True),
+        description="tiny ViT (2x2 patches, d 64, 4 heads, 3 blocks) on sklearn digits (8x8), held-out loss (accuracy secondary)",
+        metric=Metric("loss", higher_is_better=False),
         budgets={
-            "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=0.3, log_every=2),
-            "cpu": Budget(steps=200, batch_size=32, eval_every=50, target=0.85, log_every=10),
-            "gpu": Budget(steps=200, batch_size=32, eval_every=50, target=0.85, log_every=10),
+            "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=2.2, log_every=2),
+            "cpu": Budget(steps=300, batch_size=32, eval_every=75, target=1.0, log_every=10),
+            "gpu": Budget(steps=300, batch_size=32, eval_every=75, target=1.0, log_every=10),
         },
         setup=setup,
+        margin=0.02,
         default_lrs={"adamw": 1e-3, "sgd": 0.05},
     )
 )

@@ -6,6 +6,10 @@ user's own text with the ``text_file`` option. Metric: held-out bits per byte (l
 better); EvalResult.loss carries the same in nats per byte. What optimizers reach on it:
 results/LEADERBOARD.md (``nox -s bench``); a single run to check the budget by hand:
 ``python -m optbench.tasks.quick_train topics-gpt``.
+Verdict margin (``margin=0.02``, fixed before any board result): 2% of AdamW's held-out loss,
+the widest the protocol allows: the budget stops while the loss still falls steeply, so the
+seed-to-seed spread of a single optimizer is several percent; a narrower margin would make
+"equivalent" unreachable with 5 seeds.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from optbench.tasks._text import VOCAB, language_model_instance
 from optbench.tasks._transformer import GPT, with_info
 
 N_LAYERS, D_MODEL, N_HEADS, D_MLP, CONTEXT = 4, 128, 4, 512, 128
-EVAL_WINDOWS = {"smoke": 8, "cpu": 64, "gpu": 256}  # held-out windows of CONTEXT bytes
+EVAL_WINDOWS = {"smoke": 8}  # held-out windows of CONTEXT bytes; other presets: the whole held-out part
 
 
 def build_model() -> GPT:
@@ -31,7 +35,7 @@ def setup(preset: str, seed: int, device: torch.device, text_file: str | None = 
     torch.manual_seed(seed)
     model = build_model().to(device)
     return language_model_instance(model, budget, seed, device, context=CONTEXT,
-                                   eval_windows_count=EVAL_WINDOWS[preset], text_file=text_file)
+                                   eval_windows_count=EVAL_WINDOWS.get(preset), text_file=text_file)
 
 
 SPEC = register_task(
@@ -42,10 +46,11 @@ SPEC = register_task(
         metric=Metric("bits_per_byte", higher_is_better=False),
         budgets={
             "smoke": Budget(steps=6, batch_size=4, eval_every=3, target=7.5, log_every=1),
-            "cpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
-            "gpu": Budget(steps=100, batch_size=8, eval_every=25, target=4.5, log_every=5),
+            "cpu": Budget(steps=200, batch_size=8, eval_every=50, target=4.0, log_every=5),
+            "gpu": Budget(steps=200, batch_size=8, eval_every=50, target=4.0, log_every=5),
         },
         setup=setup,
+        margin=0.02,
         default_lrs={"adamw": 1e-3, "sgd": 0.3},
         options=("text_file",),
     )

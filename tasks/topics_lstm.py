@@ -11,6 +11,10 @@ Roles: the LSTM input-to-hidden matrices ``weight_ih_l*`` (4 gates stacked, shap
 One layer: a two-layer LSTM stayed near the unigram plateau within the ``cpu`` budget. What
 optimizers reach on it: results/LEADERBOARD.md (``nox -s bench``); a single run to check the
 budget by hand: ``python -m optbench.tasks.quick_train topics-lstm``.
+Verdict margin (``margin=0.02``, fixed before any board result): 2% of AdamW's held-out loss,
+the widest the protocol allows: the budget stops while the loss still falls steeply, so the
+seed-to-seed spread of a single optimizer is several percent; a narrower margin would make
+"equivalent" unreachable with 5 seeds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
 from optbench.tasks._text import VOCAB, language_model_instance
 
 D_EMBED, HIDDEN, N_LAYERS, CONTEXT = 64, 256, 1, 64
-EVAL_WINDOWS = {"smoke": 8, "cpu": 128, "gpu": 512}  # held-out windows of CONTEXT bytes
+EVAL_WINDOWS = {"smoke": 8}  # held-out windows of CONTEXT bytes; other presets: the whole held-out part
 
 
 class LSTMLanguageModel(nn.Module):
@@ -58,7 +62,7 @@ def setup(preset: str, seed: int, device: torch.device, text_file: str | None = 
     torch.manual_seed(seed)
     model = build_model().to(device)
     return language_model_instance(model, budget, seed, device, context=CONTEXT,
-                                   eval_windows_count=EVAL_WINDOWS[preset], text_file=text_file)
+                                   eval_windows_count=EVAL_WINDOWS.get(preset), text_file=text_file)
 
 
 SPEC = register_task(
@@ -69,10 +73,11 @@ SPEC = register_task(
         metric=Metric("bits_per_byte", higher_is_better=False),
         budgets={
             "smoke": Budget(steps=6, batch_size=4, eval_every=3, target=7.5, log_every=1),
-            "cpu": Budget(steps=100, batch_size=16, eval_every=25, target=3.5, log_every=5),
-            "gpu": Budget(steps=100, batch_size=16, eval_every=25, target=3.5, log_every=5),
+            "cpu": Budget(steps=150, batch_size=16, eval_every=50, target=3.0, log_every=5),
+            "gpu": Budget(steps=150, batch_size=16, eval_every=50, target=3.0, log_every=5),
         },
         setup=setup,
+        margin=0.02,
         default_lrs={"adamw": 1e-2, "sgd": 1.0},
         options=("text_file",),
     )
