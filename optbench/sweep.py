@@ -269,8 +269,9 @@ def sweep(task: str, optimizers: Sequence[str], *, preset: str, runs_dir: str | 
         for (name, lr, seed), record in zip(wanted, outcome.by_cell, strict=True):
             # Keyed by the lr asked for, whatever float the record's hparams round-trip to.
             searches[name].add(replace(Trial.from_record(record), lr=lr, seed=seed))
-    return {name: SweepResult(name, starts[name], protocol.seeds, sorted(s.trials.values(), key=lambda t: (t.lr, t.seed)),
-                              s.chosen_lr) for name, s in searches.items()}
+    return {name: SweepResult(name, starts[name], protocol.seeds,
+                              sorted(s.trials.values(), key=lambda t: (t.lr, t.seed)), s.chosen_lr)
+            for name, s in searches.items()}
 
 
 def tune_lr(task: str, optimizer: str, preset: str, *, runs_dir: str | Path, protocol: Protocol = Protocol(),

@@ -30,7 +30,16 @@ from pathlib import Path
 from tabulate import tabulate
 
 from optbench import registry
-from optbench.sweep import MAX_RATIO, MIN_POINTS, RATIO_ROUNDING, MIN_SEEDS, SweepResult, Trial, best_lr, neighbourhood
+from optbench.sweep import (
+    MAX_RATIO,
+    MIN_POINTS,
+    MIN_SEEDS,
+    RATIO_ROUNDING,
+    SweepResult,
+    Trial,
+    best_lr,
+    neighbourhood,
+)
 
 CSV_COLUMNS = ("task", "preset", "optimizer", "lr", "seed", "status", "eval_loss", "final_metric", "metric_name",
                "higher_is_better", "wall_s", "start_lr", "chosen")
@@ -139,7 +148,8 @@ def audit_result(task: str, result: SweepResult, tuned_lr: float | None = None, 
     seeds = seeds_of(result)
     chosen = best_lr(result.trials, seeds) if seeds else None
     if chosen != result.chosen_lr:
-        problems.append(f"{where}: the CSV marks lr {result.chosen_lr} chosen, the protocol picks {chosen} from its rows")
+        problems.append(f"{where}: the CSV marks lr {result.chosen_lr} chosen, "
+                        f"the protocol picks {chosen} from its rows")
     if chosen is None:
         problems.append(f"{where}: no lr finished")
         return problems

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="task name")
     parser.add_argument("--optimizers", type=csv_list, default=None, help="optimizers (default: all available)")
     parser.add_argument("--points", type=int, default=DEFAULT.points,
-                        help=f"lrs in the starting grid, centred on each optimizer's starting lr (default: {DEFAULT.points})")
+                        help="lrs in the starting grid, centred on each optimizer's starting lr "
+                             f"(default: {DEFAULT.points})")
     parser.add_argument("--ratio", type=float, default=DEFAULT.ratio,
                         help=f"factor between neighbouring lrs (default: {DEFAULT.ratio:g})")
     parser.add_argument("--lrs", type=float_list, default=None,
