@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from optbench.errors import UsageError
 from optbench.sweep import Protocol
 
 BOARD_SEEDS = (0, 1, 2, 3, 4)
@@ -168,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     tasks, optimizers = resolve_names(args)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     protocol = Protocol(points=args.points or Protocol().points)
     env = dict(os.environ)
     if args.table:
@@ -219,5 +223,14 @@ def _default_table() -> Path:
     return TUNED_LRS_PATH
 
 
+def cli() -> int:
+    """``python -m optbench.publish``: a bad name or value is one line and exit 2, before anything runs."""
+    try:
+        return main()
+    except ValueError as exc:  # UsageError and the registry's unknown names
+        print(f"publish: error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())
