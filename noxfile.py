@@ -136,3 +136,13 @@ def lint(session: nox.Session) -> None:
     """ruff over the whole project."""
     session.install("ruff")
     session.run("ruff", "check", ".")
+
+
+@nox.session(venv_backend="none")
+def gpu_check(session: nox.Session) -> None:
+    """Every optimizer on every GPU-tier task, briefly -> results/gpu/ (python -m optbench.gpu_check).
+
+    `-- --device cpu` runs the same code on the CPU with the smoke budgets. On a lent GPU machine,
+    which has no nox and no network, run gpu/run_on_gpu.sh instead (results/gpu/README.md).
+    """
+    run_in_env(session, "-m", "optbench.gpu_check", *session.posargs)
