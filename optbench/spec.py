@@ -6,6 +6,7 @@ A spec declares everything the runner must know, so the runner never asks for a 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,18 +47,26 @@ TaskCheckFn = Callable[[str], "str | None"]  # (task name) -> a reason it cannot
 InputFilesFn = Callable[[str, Mapping[str, Any]], Sequence[str | Path]]  # files a run reads (see the specs)
 
 
+def signature_defaults(build: Callable[..., Any]) -> dict[str, Any]:
+    """The hyperparameters ``build(model, lr, ...)`` declares with a default, and those defaults."""
+    return {name: p.default for name, p in inspect.signature(build).parameters.items()
+            if name not in ("model", "lr") and p.default is not p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """One registered optimizer.
 
     ``build(model, lr, **hparams)`` returns a ready optimizer; it receives ``defaults``
-    merged with the user's hyperparameters. ``state_bytes(model, **hparams)`` is the exact
+    merged with the user's hyperparameters. ``defaults`` left out are read from ``build``'s
+    signature (its keyword parameters with a default), so they are written once. ``state_bytes(model, **hparams)`` is the exact
     analytic size of every tensor the optimizer keeps after its first step.
     """
 
     name: str
     build: BuildFn
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] | None = None  # None: the keyword defaults of build's signature
     family: str = "other"
     paper: str = ""
     # Exact analytic optimizer-state bytes; a plugin may leave it out, and then the measured
@@ -80,6 +89,10 @@ class OptimizerSpec:
     # ``task_check(task_name) -> reason | None``; the reason should name the command that fixes it.
     task_check: TaskCheckFn | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.defaults is None:
+            object.__setattr__(self, "defaults", signature_defaults(self.build))
 
     def unavailable_reason(self, device: str | None = None) -> str | None:
         return self.requires.unmet(device)

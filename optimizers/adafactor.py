@@ -64,7 +64,6 @@ register_optimizer(
         paper="Shazeer & Stern, ICML 2018 (arXiv 1804.04235)",
         build=build_adafactor,
         state_bytes=adafactor_state_bytes,
-        defaults={"beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0, "weight_decay": 0.0},
         default_lr=1e-2,
         lr_vs_adamw=None,  # relative steps scaled by each parameter's RMS: starts at its own default_lr
         requires=Requirements(check=_has_adafactor),

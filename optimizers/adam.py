@@ -27,7 +27,6 @@ register_optimizer(
         paper="Kingma & Ba, ICLR 2015 (arXiv 1412.6980)",
         build=build_adam,
         state_bytes=adamw_state_bytes,  # same two moments and step as AdamW
-        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "impl": "fused"},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         description="torch.optim.Adam, fused kernel",

@@ -66,7 +66,6 @@ register_optimizer(
         paper="Dettmers et al., ICLR 2022 (arXiv 2110.02861)",
         build=build_adam8bit,
         state_bytes=adam8bit_state_bytes,
-        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "min_8bit_size": 4096},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("bitsandbytes",), check=_check_version),

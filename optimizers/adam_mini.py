@@ -180,7 +180,6 @@ register_optimizer(
         paper="Zhang et al., ICLR 2025 (arXiv 2406.16793)",
         build=build_adam_mini,
         state_bytes=adam_mini_state_bytes,
-        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("adam_mini",)),

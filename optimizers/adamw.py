@@ -44,7 +44,6 @@ register_optimizer(
         paper="Loshchilov & Hutter, ICLR 2019 (arXiv 1711.05101)",
         build=build_adamw,
         state_bytes=adamw_state_bytes,
-        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "impl": "fused"},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         description="torch.optim.AdamW, fused kernel: the baseline",

@@ -141,7 +141,6 @@ for _fmt in FORMATS.values():
             paper=_fmt.paper,
             build=_builder(_fmt),
             state_bytes=_state_bytes(_fmt),
-            defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "block_size": _fmt.block_size},
             default_lr=1e-3,
             lr_vs_adamw=1.0,  # the same AdamW update, moments stored in fewer bits
             bound_bytes_per_param=_fmt.bound_bytes_per_param(),

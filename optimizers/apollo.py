@@ -19,8 +19,6 @@ from optbench.optimizers._lowrank import counted, param_groups, projected_state_
 
 PROJECTIONS = ("random", "svd")
 SCALE_TYPES = ("channel", "tensor")
-DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "rank": 32, "proj": "random",
-            "scale_type": "channel", "scale": 1.0, "update_proj_gap": 200}
 
 
 def build_apollo(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, rank=32,
@@ -61,7 +59,6 @@ SPEC = register_optimizer(
         paper="Zhu et al., MLSys 2025 (arXiv 2412.05270)",
         build=build_apollo,
         state_bytes=apollo_state_bytes,
-        defaults=DEFAULTS,
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("apollo_torch",)),

@@ -6,8 +6,8 @@ recommends for rank 1. Same package, grouping and state formula as ``apollo``.
 from __future__ import annotations
 
 from optbench.registry import register_optimizer
-from optbench.spec import OptimizerSpec, Requirements
-from optbench.optimizers.apollo import DEFAULTS, apollo_state_bytes, build_apollo
+from optbench.spec import OptimizerSpec, Requirements, signature_defaults
+from optbench.optimizers.apollo import apollo_state_bytes, build_apollo
 
 register_optimizer(
     OptimizerSpec(
@@ -16,7 +16,7 @@ register_optimizer(
         paper="Zhu et al., MLSys 2025 (arXiv 2412.05270), APOLLO-Mini",
         build=build_apollo,
         state_bytes=apollo_state_bytes,
-        defaults={**DEFAULTS, "rank": 1, "scale_type": "tensor", "scale": 128.0},
+        defaults={**signature_defaults(build_apollo), "rank": 1, "scale_type": "tensor", "scale": 128.0},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("apollo_torch",)),

@@ -67,8 +67,6 @@ register_optimizer(
         paper="Chen et al., 2024 (arXiv 2410.01623)",
         build=build_fira,
         state_bytes=fira_state_bytes,
-        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "rank": 32, "update_proj_gap": 200,
-                  "alpha": 0.25, "proj_type": "std"},
         default_lr=1e-3,
         lr_vs_adamw=1.0,
         # Projected matrices: read param and grad, write param (float32); the low-rank state is

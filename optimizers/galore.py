@@ -61,8 +61,6 @@ register_optimizer(
         paper="Zhao et al., ICML 2024 (arXiv 2403.03507)",
         build=build_galore,
         state_bytes=galore_state_bytes,
-        defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "rank": 32, "update_proj_gap": 200,
-                  "scale": 0.25, "proj_type": "std"},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("galore_torch",)),

@@ -38,7 +38,6 @@ register_optimizer(
         paper="Chen et al., NeurIPS 2023 (arXiv 2302.06675)",
         build=build_lion,
         state_bytes=lion_state_bytes,
-        defaults={"betas": (0.9, 0.99), "weight_decay": 0.1},
         default_lr=1e-4,
         lr_vs_adamw=1 / 3,  # sign update, larger norm than Adam's: its paper uses a 3-10x smaller lr than AdamW
         requires=Requirements(packages=("lion_pytorch",)),

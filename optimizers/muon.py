@@ -160,8 +160,6 @@ register_optimizer(
         paper="Jordan et al. 2024 (kellerjordan.github.io/posts/muon); Liu et al. 2025 (arXiv 2502.16982)",
         build=build_muon,
         state_bytes=muon_state_bytes,
-        defaults={"momentum": 0.95, "nesterov": True, "ns_steps": 5, "adjust_lr_fn": "match_rms_adamw",
-                  "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # match_rms_adamw: one lr (AdamW's) serves both parts, as in Moonlight
         # Muon matrices: read param, grad and momentum, write param and momentum (float32); the

@@ -32,7 +32,6 @@ register_optimizer(
         paper="Polyak 1964 (heavy ball); torch.optim.SGD",
         build=build_sgd,
         state_bytes=sgd_state_bytes,
-        defaults={"momentum": 0.9, "weight_decay": 0.0, "nesterov": False},
         default_lr=0.05,
         lr_vs_adamw=None,  # no relation to AdamW's lr: each task declares SGD's
         description="SGD with momentum 0.9",

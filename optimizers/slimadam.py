@@ -356,7 +356,6 @@ def snr_rules_available() -> str | None:
 
 
 PAPER = "Kalra, Kirchenbauer, Barkeshli & Goldstein, When Can You Get Away with Low Memory Adam? (2025), Table 1"
-DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "compile": False}
 
 register_optimizer(
     OptimizerSpec(
@@ -365,7 +364,6 @@ register_optimizer(
         paper=PAPER,
         build=build_slimadam,
         state_bytes=slimadam_state_bytes,
-        defaults={**DEFAULTS, "rules": None},
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         needs_model_info=True,
@@ -381,7 +379,6 @@ register_optimizer(
         paper=PAPER + ", SNR rules",
         build=build_slimadam_snr,
         state_bytes=slimadam_snr_state_bytes,
-        defaults=dict(DEFAULTS),
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(check=snr_rules_available),
