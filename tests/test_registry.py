@@ -45,3 +45,14 @@ def test_name_clash_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         registry.register_optimizer(impostor)
     assert registry.get_optimizer("adamw") is adamw
+
+
+def test_defaults_left_out_are_read_from_the_build_signature():
+    def build(model, lr, *, beta=0.9, eps=1e-8, extra=None):
+        return None
+
+    spec = OptimizerSpec(name="signature-defaults", build=build)
+    assert spec.defaults == {"beta": 0.9, "eps": 1e-8, "extra": None}
+    assert spec.resolve_hparams({"beta": 0.5}) == {"beta": 0.5, "eps": 1e-8, "extra": None}
+    declared = OptimizerSpec(name="declared-defaults", build=build, defaults={"beta": 0.99})
+    assert declared.defaults == {"beta": 0.99}
