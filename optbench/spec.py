@@ -79,6 +79,9 @@ class OptimizerSpec:
     # Bytes one step must move per parameter (reads and writes of params, grads and state) at
     # the memory-bandwidth bound, for step time / its bound. None: not declared.
     bound_bytes_per_param: float | None = None
+    # A sentence the leaderboard shows with this optimizer's row, e.g. the regime its defaults
+    # belong to when that differs from the board's budgets.
+    board_note: str = ""
     requires: Requirements = field(default_factory=Requirements)
     needs_model_info: bool = False
     # Files a run reads besides code, e.g. slimadam-snr's rules for the task:

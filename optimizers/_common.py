@@ -1,11 +1,31 @@
-"""Small helpers shared by optimizer modules: validation and analytic state sizes."""
+"""Pieces shared by optimizer modules: validation, analytic state sizes, the update pieces of
+Adam-like rules, and the compiled step of optbench's own optimizers.
+
+The update pieces are small named functions of the papers' notation (optax's style:
+``scale_by_adam`` is an EMA, a bias correction and a decoupled decay), so that the step of
+SlimAdam, SMMF and MicroAdam reads like its paper's equations.
+
+The compiled step: our own optimizers write their whole step, for every tensor, as one
+function and run it through ``torch.compile`` (:func:`run_step`). Compiling happens at the
+first call (inside the first steps, which the runner's warm-up excludes from timings); the
+compiled code is cached per (function, layout) for the whole process, so the runs of a grid
+that train the same model share it, and inductor's on-disk cache shares kernels between
+processes. Any failure to compile falls back to the same function run eagerly, with a
+warning; ``optimizer.optbench_impl`` says which one ran ("compiled" or "eager"), and the
+runner records it. Setting ``OPTBENCH_COMPILE=0`` runs every step eagerly (the test suite
+does, so that it does not compile every toy model).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import types
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 STEP_BYTES = 4  # torch keeps `step` as a 0-d float32 tensor per parameter (non-capturable)
 
@@ -42,21 +62,90 @@ def adam_like_state_bytes(params: Iterable[torch.Tensor], moments: int) -> int:
     return sum(moments * p.numel() * p.element_size() + STEP_BYTES for p in params)
 
 
-class PerParameterStep:
-    """Mixin for optimizers whose update is per tensor: ``step()`` calls ``self._step_param(p, group)``
-    for every parameter with a (dense) gradient; parameters whose grad is None are skipped."""
+def params_with_grads(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, dict]]:
+    """(parameter, its param group) for every parameter with a gradient, in order.
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:  # type: ignore[attr-defined]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError(f"{type(self).__name__} does not support sparse gradients")
-                self._step_param(p, group)  # type: ignore[attr-defined]
-        return loss
+    Parameters whose grad is None are skipped (torch's convention); sparse gradients are refused.
+    """
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ValueError(f"{type(optimizer).__name__} does not support sparse gradients")
+            out.append((p, group))
+    return out
+
+
+# ----------------------------------------------------------------------------- update pieces
+
+
+def ema_(average: torch.Tensor, value: torch.Tensor, beta: float) -> torch.Tensor:
+    """``average <- beta * average + (1 - beta) * value``, in place: Adam's moment update."""
+    return average.lerp_(value, 1 - beta)
+
+
+def bias_correction(beta: float, step: int) -> float:
+    """``1 - beta**step``: an EMA started at zero, divided by this, is unbiased (Kingma & Ba 2015, Alg. 1)."""
+    return 1 - beta**step
+
+
+def decay_factor(lr: float, weight_decay: float) -> float:
+    """``1 - lr * weight_decay``: decoupled weight decay multiplies the parameter by this before
+    the update (Loshchilov & Hutter 2019, AdamW's line 12)."""
+    return 1 - lr * weight_decay
+
+
+# ----------------------------------------------------------------------------- the compiled step
+
+IMPLS = ("compiled", "eager")
+COMPILE_ENV = "OPTBENCH_COMPILE"
+_COMPILED: dict[tuple[Callable, Hashable], Callable] = {}
+
+
+def compile_enabled() -> bool:
+    """False when ``OPTBENCH_COMPILE=0``: every own optimizer then steps eagerly."""
+    return os.environ.get(COMPILE_ENV, "1") != "0"
+
+
+def initial_impl(compile: bool) -> str:
+    """What ``optbench_impl`` starts as for an optimizer built with ``compile``."""
+    return "compiled" if compile and compile_enabled() else "eager"
+
+
+def compiled(fn: Callable, layout: Hashable) -> Callable:
+    """``fn`` under ``torch.compile`` (static shapes, one graph), one per ``(fn, layout)`` in the process.
+
+    Each layout (the shapes, dtypes and options of the tensors a step sees) gets a copy of
+    ``fn``'s code object: dynamo keeps its graphs per code object and stops compiling after
+    ``recompile_limit`` of them, so one shared object would make a grid over many models run
+    eagerly without saying so. Per-step numbers (lr, betas at step t) are Python floats, which
+    dynamo passes as inputs rather than constants, so they never cause a recompile.
+    """
+    key = (fn, layout)
+    if key not in _COMPILED:
+        code = fn.__code__.replace()  # a distinct code object with the same body
+        clone = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        _COMPILED[key] = torch.compile(clone, dynamic=False, fullgraph=True)
+    return _COMPILED[key]
+
+
+def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: Callable, layout: Hashable,
+             *args) -> None:
+    """Run one step: ``compiled_fn`` compiled when ``optimizer.optbench_impl == "compiled"``, else ``eager_fn``.
+
+    Both take ``args`` and compute the same update; ``eager_fn`` may process big tensors in
+    chunks to bound its scratch memory. Under a torch dispatch mode (the memory tracker, fake
+    tensors), which ``torch.compile`` does not trace, the step runs eagerly without changing
+    ``optbench_impl``. A compile failure warns once and switches the optimizer to eager.
+    """
+    if optimizer.optbench_impl == "compiled" and _get_current_dispatch_mode() is None:  # type: ignore[attr-defined]
+        try:
+            compiled(compiled_fn, layout)(*args)
+            return
+        except Exception as exc:  # noqa: BLE001 - compile errors are raised while tracing, before any update
+            warnings.warn(f"{type(optimizer).__name__}: torch.compile of the step failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); stepping eagerly", stacklevel=3)
+            optimizer.optbench_impl = "eager"  # type: ignore[attr-defined]
+    eager_fn(*args)

@@ -1,65 +1,104 @@
-"""MicroAdam in pure PyTorch: sparse gradient window + 4-bit error feedback.
+"""MicroAdam in PyTorch: a sparse window of past gradients and 4-bit error feedback.
 
 Modoranu et al., "MicroAdam: Accurate Adaptive Optimization with Low Space Overhead and
-Provable Convergence", NeurIPS 2024 (official CUDA code: IST-DASLab/ISTA-DASLab-Optimizers).
-Per tensor and step t (1-based)::
+Provable Convergence", NeurIPS 2024 (official CUDA code: IST-DASLab/ISTA-DASLab-Optimizers,
+``ista_daslab_optimizers/micro_adam``). Per tensor and step t (1-based)::
 
     a = g + dequant(e)                              (error feedback)
-    (I, V) = top-k of |a| in each top-k block       (k = ceil(k_init * block))
-    window[(t-1) mod m] = (I, V)                    (ring buffer of the last m sparse gradients)
-    e = quant4(a with the chosen entries zeroed)     (4 bits, 2 per byte, bf16 min/max per block)
-    m_t = (1-b1) Σ_age b1^age · g_{t-age},  v_t = (1-b2) Σ_age b2^age · g_{t-age}²   (window only)
+    I = top-k of |a| in each top-k block            (k = ceil(k_init * block size))
+    window[(t-1) mod m] = (I, a[I])                 (ring buffer of the last m sparse gradients)
+    e = quant4(a with a[I] = 0)                     (4 bits, 2 per byte, bf16 min/max per block)
+    m_t = Σ_age (1-b1) b1^age · g_{t-age},  v_t = Σ_age (1-b2) b2^age · g_{t-age}²   (window only)
     u = (m_t / (1-b1^t)) / (sqrt(v_t / (1-b2^t)) + eps)
-    p = p*(1 - lr*wd);  p = p - lr*u                 (entries outside the window's support get u = 0)
+    p = p*(1 - lr*wd);  p = p - lr*u                 (u is zero off the window's support)
 
-Layout choices here (the paper fixes the idea, not these):
-- Top-k blocks: a tensor is split into ``ceil(N / topk_block_size)`` blocks of equal size
-  ``B`` (the last one zero-padded); indices are stored within the block as int16 when
-  ``B <= 32768`` (the default block size 32768 guarantees this), else int32. Values are bf16.
-- Quantization blocks of ``quant_block_size`` elements, ``ceil(N/qbs)`` of them, each with a
-  bf16 min and max (the official code keeps floor(N/qbs)+1 blocks). Codes round to nearest.
-- ``quantize_error=False`` keeps the error feedback exactly, in a float32 tensor (4N bytes):
-  for tests, e.g. "k = 100% equals windowed Adam", and to measure what quantization costs.
-- The step count is a Python int in the state (no tensor bytes).
+``alpha`` is the official option of that name, for pre-training: with ``0 < alpha < 1`` the
+update also takes ``alpha`` times the error feedback, ``p -= lr * (u + alpha * dequant(e))``,
+and the error keeps the rest, ``e = quant4((1 - alpha) * dequant(e))``. The default 0 is the
+paper's algorithm (and its fine-tuning setting). The official code's experimental
+``alpha = -2`` is not offered.
 
-State bytes per tensor: m·nb·k·(2 or 4) indices + m·nb·k·2 values + ceil(N/2) codes
-+ 4·ceil(N/qbs) min/max  (4N instead of the last two without quantization).
-The step builds dense float32 temporaries (a, |a|, and the m/v accumulators): this is a
-reference implementation for CPU, not a memory-optimal kernel.
+Layout, as in the official code: a tensor of N elements has ``N // B`` top-k blocks of
+``B = min(N, topk_block_size)`` elements and a shorter last block with the rest (its own
+``ceil(k_init * rest)``); indices are stored within the block, as int16 when ``B <= 32768``
+(the default block size 32768 guarantees this), else int32; values are bf16. Quantization
+blocks of ``quant_block_size`` elements, the last one shorter, each with a bf16 min and max
+(``ceil(N/qbs)`` of them; the official code keeps ``floor(N/qbs) + 1``). Byte j of the codes
+holds the codes of elements 2j (low nibble) and 2j+1 (high nibble); codes round to nearest.
+``quantize_error=False`` keeps the error exactly, in a float32 tensor (4N bytes): for tests,
+e.g. "k = 100% equals windowed Adam", and to measure what quantization costs. The step count
+is a Python int in the state.
 
-``impl="official"`` hands the parameters to ``ista_daslab_optimizers.MicroAdam`` (CUDA and
-that package required). NEVER RUN HERE: this machine has neither; for it ``microadam_state_bytes``
-returns an unverified estimate from the published layout (``official_state_bytes_estimate``).
+State bytes per tensor: m·K·(2 or 4) indices + m·K·2 values + ceil(N/2) codes + 4·ceil(N/qbs)
+min/max, K the sum of k over its blocks (4N instead of the last two without quantization).
+
+The step is one function over every tensor, compiled by default (``optbench.optimizers._common``).
+Its one dense float32 temporary is ``a``; the window's moments are gathered on its support
+(about m·k_init·N entries) through that same buffer, never into dense m and v. The eager path
+works on blocks, so that its other scratch stays a few MiB.
+
+``impl="official"`` hands the parameters to ``ista_daslab_optimizers.MicroAdam``, which needs
+CUDA and bfloat16 parameters (its kernels assert bf16 gradients); both are checked before it
+is built. Its state bytes are an estimate from its published layout (``official_state_bytes_estimate``),
+not verified: no such run has been made.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from optbench.param_groups import decay_groups, flat_params
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optbench.optimizers._common import PerParameterStep, check_betas, check_lr, check_nonnegative, check_positive_int, trainable
+from optbench.optimizers._common import (
+    bias_correction,
+    check_betas,
+    check_lr,
+    check_nonnegative,
+    check_positive_int,
+    decay_factor,
+    initial_impl,
+    params_with_grads,
+    run_step,
+    trainable,
+)
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 
 INT16_BLOCK_LIMIT = 32768  # indices 0..32767 fit int16
 IMPLS = ("torch", "official")
 OFFICIAL_PACKAGE = "ista_daslab_optimizers"
+CHUNK_ELEMENTS = 1 << 18  # the eager path works on pieces of about this many elements
+BOARD_NOTE = (
+    "Defaults are the paper's fine-tuning setting: a window of m = 10 sparse gradients at 1% density "
+    "(k_init 0.01) and alpha = 0, so each step updates at most 10% of the coordinates; at budgets of a few "
+    "hundred steps from scratch that regime is far from the paper's. alpha > 0 (the official code's "
+    "pre-training option) adds a share of the error feedback to every update."
+)
 
 
 # ----------------------------------------------------------------------------- layout
 
 
-def topk_layout(numel: int, topk_block_size: int, k_init: float) -> tuple[int, int, int]:
-    """(number of blocks, block size, k per block) for a tensor of ``numel`` elements."""
-    blocks = math.ceil(numel / topk_block_size)
-    size = math.ceil(numel / blocks)
-    k = min(size, max(1, math.ceil(k_init * size)))
-    return blocks, size, k
+def topk_layout(numel: int, topk_block_size: int, k_init: float) -> tuple[int, int, int, int, int]:
+    """(full blocks, block size B, k per full block, rest, k of the rest) for ``numel`` elements."""
+    size = min(numel, topk_block_size)
+    full, rest = divmod(numel, size)
+    return full, size, _k(size, k_init), rest, _k(rest, k_init) if rest else 0
+
+
+def _k(size: int, k_init: float) -> int:
+    return min(size, max(1, math.ceil(k_init * size)))
+
+
+def window_width(numel: int, topk_block_size: int, k_init: float) -> int:
+    """K: how many entries one gradient keeps in the window."""
+    full, _, k, _, k_rest = topk_layout(numel, topk_block_size, k_init)
+    return full * k + k_rest
 
 
 def index_dtype(block_size: int) -> torch.dtype:
@@ -69,72 +108,206 @@ def index_dtype(block_size: int) -> torch.dtype:
 # ----------------------------------------------------------------------------- 4-bit quantization
 
 
-def quantize4(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Asymmetric 4-bit block quantization of a flat float tensor.
+def _quant_blocks(x: torch.Tensor, block_size: int) -> list[torch.Tensor]:
+    """``x`` (flat) as a (blocks, block_size) view and, if any, its shorter last block as (1, rest)."""
+    full = x.numel() // block_size
+    parts = [x[:full * block_size].view(full, block_size)] if full else []
+    if x.numel() > full * block_size:
+        parts.append(x[full * block_size:].view(1, -1))
+    return parts
 
-    Returns (codes packed two per byte, ceil(N/2) uint8, see ``pack_nibbles``;
-    bf16 block minima; bf16 block maxima), ceil(N/block_size) blocks.
+
+def quantize4(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit block quantization of a flat float tensor (length even, or the whole tensor).
+
+    Returns (codes packed two per byte, ceil(N/2) uint8, see ``pack_nibbles``; bf16 block
+    minima; bf16 block maxima), ceil(N/block_size) blocks.
     """
-    n = x.numel()
-    blocks = math.ceil(n / block_size)
-    padded = torch.zeros(blocks * block_size, dtype=torch.float32, device=x.device)
-    padded[:n] = x
-    view = padded.view(blocks, block_size)
-    if n % block_size:  # padding must not widen the last block's range
-        last = x[(blocks - 1) * block_size:].float()
-        view[-1, last.numel():] = last[0]
-    lo = view.amin(dim=1).to(torch.bfloat16)
-    hi = view.amax(dim=1).to(torch.bfloat16)
-    lo32, hi32 = lo.float().unsqueeze(1), hi.float().unsqueeze(1)
-    scale = (hi32 - lo32) / 15
-    codes = ((view - lo32) / scale.clamp_min(torch.finfo(torch.float32).tiny)).round_().clamp_(0, 15)
-    codes = codes.view(-1)[:n].to(torch.uint8)
-    return pack_nibbles(codes), lo, hi
+    parts = _quant_blocks(x, block_size)
+    lo = torch.cat([p.amin(dim=1) for p in parts]).to(torch.bfloat16)
+    hi = torch.cat([p.amax(dim=1) for p in parts]).to(torch.bfloat16)
+    codes, start = [], 0
+    for part in parts:
+        rows = part.shape[0]
+        lo32, hi32 = lo[start:start + rows].float().unsqueeze(1), hi[start:start + rows].float().unsqueeze(1)
+        scale = ((hi32 - lo32) / 15).clamp_min(torch.finfo(torch.float32).tiny)
+        codes.append(((part - lo32) / scale).round_().clamp_(0, 15).to(torch.uint8).view(-1))
+        start += rows
+    return pack_nibbles(torch.cat(codes)), lo, hi
 
 
 def dequantize4(packed: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, numel: int, block_size: int) -> torch.Tensor:
     """The float32 tensor (flat, ``numel``) that ``quantize4`` encoded."""
     codes = unpack_nibbles(packed, numel).float()
-    blocks = lo.numel()
-    padded = torch.zeros(blocks * block_size, dtype=torch.float32, device=packed.device)
-    padded[:numel] = codes
-    view = padded.view(blocks, block_size)
-    lo32, hi32 = lo.float().unsqueeze(1), hi.float().unsqueeze(1)
-    view.mul_((hi32 - lo32) / 15).add_(lo32)
-    return padded[:numel]
+    out, start = [], 0
+    for part in _quant_blocks(codes, block_size):
+        rows = part.shape[0]
+        lo32, hi32 = lo[start:start + rows].float().unsqueeze(1), hi[start:start + rows].float().unsqueeze(1)
+        out.append((part * ((hi32 - lo32) / 15) + lo32).view(-1))
+        start += rows
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """uint8 codes in [0, 15] -> B = ceil(N/2) bytes: byte j holds code j (low nibble) and code B+j (high)."""
-    n = codes.numel()
-    half = math.ceil(n / 2)
-    padded = torch.zeros(2 * half, dtype=torch.uint8, device=codes.device)
-    padded[:n] = codes.reshape(-1)
-    return padded[:half] | (padded[half:] << 4)
+    """uint8 codes in [0, 15] -> ceil(N/2) bytes: byte j holds code 2j (low nibble) and code 2j+1 (high)."""
+    flat = torch.nn.functional.pad(codes.reshape(-1), (0, codes.numel() % 2)).view(-1, 2)
+    return flat[:, 0] | (flat[:, 1] << 4)
 
 
 def unpack_nibbles(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    return torch.cat((packed & 15, packed >> 4))[:numel]
+    return torch.stack((packed & 15, packed >> 4), dim=1).view(-1)[:numel]
 
 
-# ----------------------------------------------------------------------------- windowed Adam
+class ErrorFeedback:
+    """Where the error lives in a tensor's state: 4-bit codes with block min/max, or exact float32."""
+
+    @staticmethod
+    def read(state: Sequence[torch.Tensor], lo: int, hi: int, block_size: int) -> torch.Tensor:
+        """The error of elements ``lo:hi`` (``lo`` a multiple of ``block_size``, even) as float32."""
+        if len(state) == 1:
+            return state[0][lo:hi]
+        codes, mins, maxs = state
+        blocks = slice(lo // block_size, math.ceil(hi / block_size))
+        return dequantize4(codes[lo // 2:math.ceil(hi / 2)], mins[blocks], maxs[blocks], hi - lo, block_size)
+
+    @staticmethod
+    def write(state: Sequence[torch.Tensor], values: torch.Tensor, lo: int, hi: int, block_size: int) -> None:
+        if len(state) == 1:
+            state[0][lo:hi].copy_(values)
+            return
+        codes, mins, maxs = state
+        packed, block_min, block_max = quantize4(values, block_size)
+        blocks = slice(lo // block_size, math.ceil(hi / block_size))
+        codes[lo // 2:math.ceil(hi / 2)].copy_(packed)
+        mins[blocks].copy_(block_min)
+        maxs[blocks].copy_(block_max)
 
 
-def window_weights(step: int, window: int, beta: float) -> list[tuple[int, float]]:
-    """(ring slot, (1-beta)·beta^age) for every slot filled by step ``step`` (1-based)."""
-    out = []
-    for age in range(min(step, window)):
-        slot = (step - 1 - age) % window
-        out.append((slot, (1 - beta) * beta**age))
-    return out
+def _pieces(numel: int, block_size: int, whole: bool) -> list[tuple[int, int]]:
+    """(lo, hi) ranges of whole quantization blocks, each of an even length but the last (one range if ``whole``)."""
+    if whole:
+        return [(0, numel)]
+    step = max(1, CHUNK_ELEMENTS // block_size) * block_size
+    step += step % 2 * block_size  # even, so that no byte of codes straddles two pieces
+    return [(lo, min(numel, lo + step)) for lo in range(0, numel, step)]
 
 
-class MicroAdam(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
-    """MicroAdam (Modoranu et al., NeurIPS 2024), pure PyTorch; see the module docstring."""
+# ----------------------------------------------------------------------------- the step, per tensor
+
+
+def window_weights(step: float, window: int, beta: float, device: torch.device) -> torch.Tensor:
+    """(1-beta)·beta^age for each ring slot (age = how many steps ago it was written); 0 for slots
+    not written yet. Computed on the device from the step count: no host-to-device copy."""
+    slots = torch.arange(window, dtype=torch.float64, device=device)
+    age = torch.remainder(step - 1 - slots, window)
+    return torch.where(age < step, (1 - beta) * torch.pow(beta, age), 0.0).float()
+
+
+def select_top_k(a: torch.Tensor, layout: tuple[int, int, int, int, int], whole: bool) -> torch.Tensor:
+    """Global indices (K,) of the k largest |a| in every top-k block of the flat ``a``."""
+    full, size, k, rest, k_rest = layout
+    picked = []
+    per_piece = full if whole else max(1, CHUNK_ELEMENTS // size)
+    for first in range(0, full, per_piece):
+        last = min(full, first + per_piece)
+        blocks = a[first * size:last * size].view(last - first, size)
+        local = blocks.abs().topk(k, dim=1, sorted=False).indices
+        offsets = torch.arange(first, last, device=a.device).mul_(size).unsqueeze(1)
+        picked.append((local + offsets).view(-1))
+    if rest:
+        picked.append(a[full * size:].abs().topk(k_rest, sorted=False).indices + full * size)
+    return torch.cat(picked) if len(picked) > 1 else picked[0]
+
+
+def local_indices(global_idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Indices within their top-k block, in the window's index dtype."""
+    return torch.remainder(global_idx, size).to(dtype)
+
+
+def global_indices(local: torch.Tensor, layout: tuple[int, int, int, int, int]) -> torch.Tensor:
+    """(..., K) indices within blocks -> flat indices into the tensor."""
+    full, size, k, _, _ = layout
+    block = torch.arange(local.shape[-1], device=local.device).div_(k, rounding_mode="floor").clamp_(max=full)
+    return local.long() + block * size
+
+
+def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                      error: Sequence[torch.Tensor], layout: tuple, scalars: Sequence[float], whole: bool) -> None:
+    """One tensor's MicroAdam step (flat ``p``, ``g``); ``whole``: no pieces (what the compiled step does)."""
+    topk, qbs, window = layout[0], layout[1], layout[2]
+    step, b1, b2, eps, decay, lr, alpha = scalars
+    n = p.numel()
+    pieces = _pieces(n, qbs, whole)
+    # a = g + e: the step's one dense float32 buffer.
+    if whole:
+        a = g.float() + ErrorFeedback.read(error, 0, n, qbs)
+    else:
+        a = torch.empty(n, dtype=torch.float32, device=p.device)
+        for lo, hi in pieces:
+            torch.add(g[lo:hi], ErrorFeedback.read(error, lo, hi, qbs), out=a[lo:hi])
+    chosen = select_top_k(a, topk, whole)
+    # The ring slot of this step, (t-1) mod m, made on the device from the step count (no copy).
+    ring = torch.full((1,), step - 1, dtype=torch.float64, device=p.device).remainder_(window).long()
+    indices.index_copy_(0, ring, local_indices(chosen, topk[1], indices.dtype).unsqueeze(0))
+    values.index_copy_(0, ring, a[chosen].to(values.dtype).unsqueeze(0))
+    a.index_fill_(0, chosen, 0.0)  # the residual, which becomes the next error
+    for lo, hi in pieces:
+        ErrorFeedback.write(error, a[lo:hi], lo, hi, qbs)
+
+    # The window's moments on its support, through the same buffer (zeroed there first).
+    support = global_indices(indices, topk).view(-1)
+    weighted = values.float()
+    a.index_fill_(0, support, 0.0).index_add_(0, support, (weighted * window_weights(step, window, b1, p.device)
+                                                           .unsqueeze(1)).view(-1))
+    first = a[support]
+    a.index_fill_(0, support, 0.0).index_add_(0, support, (weighted.square_() * window_weights(step, window, b2, p.device)
+                                                           .unsqueeze(1)).view(-1))
+    update = first.div_(bias_correction(b1, step)).div_(a[support].div_(bias_correction(b2, step)).sqrt_().add_(eps))
+    del a
+
+    p.mul_(decay)
+    if alpha > 0:  # the official pre-training option: a share of the error joins the update, the rest stays
+        for lo, hi in pieces:
+            e = ErrorFeedback.read(error, lo, hi, qbs)
+            p[lo:hi].add_(e, alpha=-lr * alpha)
+            ErrorFeedback.write(error, e.mul_(1 - alpha), lo, hi, qbs)
+    p.index_put_((support,), p[support].sub_(update, alpha=lr))  # repeated indices carry equal values
+
+
+def microadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple], layout: tuple,
+                   slots: list[tuple[float, ...]]) -> None:
+    """Every tensor's step in one function (what ``torch.compile`` fuses)."""
+    _every_tensor(params, grads, states, layout, slots, whole=True)
+
+
+def microadam_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple], layout: tuple,
+                         slots: list[tuple[float, ...]]) -> None:
+    """The same step, eagerly, in pieces of about ``CHUNK_ELEMENTS`` besides the buffer ``a``."""
+    _every_tensor(params, grads, states, layout, slots, whole=False)
+
+
+def _every_tensor(params, grads, states, layout, slots, whole: bool) -> None:
+    for p, g, (indices, values, *error), (tensor_layout, slot, contiguous) in zip(params, grads, states, layout,
+                                                                                 strict=True):
+        work = p if contiguous else p.contiguous()
+        microadam_tensor_(work.view(-1), g.reshape(-1), indices, values, error, tensor_layout, slots[slot], whole)
+        if not contiguous:
+            p.copy_(work)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
+    """MicroAdam (Modoranu et al., NeurIPS 2024) in PyTorch; see the module docstring.
+
+    ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
+    whether the compiled or the eager step ran.
+    """
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor],
+        params: Iterable[torch.Tensor] | Iterable[dict],
         lr: float = 1e-3,
         m: int = 10,
         k_init: float = 0.01,
@@ -143,21 +316,25 @@ class MicroAdam(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        alpha: float = 0.0,
         quantize_error: bool = True,
+        compile: bool = True,
     ) -> None:
-        check_microadam_hparams(lr, m, k_init, quant_block_size, topk_block_size, betas, eps, weight_decay)
+        check_microadam_hparams(lr, m, k_init, quant_block_size, topk_block_size, betas, eps, weight_decay, alpha)
         defaults = dict(lr=lr, m=int(m), k_init=k_init, quant_block_size=int(quant_block_size),
                         topk_block_size=int(topk_block_size), betas=tuple(betas), eps=eps,
-                        weight_decay=weight_decay, quantize_error=bool(quantize_error))
+                        weight_decay=weight_decay, alpha=alpha, quantize_error=bool(quantize_error))
         super().__init__(params, defaults)
+        self.optbench_impl = initial_impl(compile)
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         n = p.numel()
-        blocks, size, k = topk_layout(n, group["topk_block_size"], group["k_init"])
+        layout = topk_layout(n, group["topk_block_size"], group["k_init"])
+        width = window_width(n, group["topk_block_size"], group["k_init"])
         state = self.state[p]
         state["step"] = 0
-        state["indices"] = torch.zeros(group["m"], blocks, k, dtype=index_dtype(size), device=p.device)
-        state["values"] = torch.zeros(group["m"], blocks, k, dtype=torch.bfloat16, device=p.device)
+        state["indices"] = torch.zeros(group["m"], width, dtype=index_dtype(layout[1]), device=p.device)
+        state["values"] = torch.zeros(group["m"], width, dtype=torch.bfloat16, device=p.device)
         if group["quantize_error"]:
             qblocks = math.ceil(n / group["quant_block_size"])
             state["error_codes"] = torch.zeros(math.ceil(n / 2), dtype=torch.uint8, device=p.device)
@@ -168,62 +345,36 @@ class MicroAdam(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
             state["error"] = torch.zeros(n, dtype=torch.float32, device=p.device)
         return state
 
-    def _error(self, state: dict, n: int, group: dict) -> torch.Tensor:
-        if group["quantize_error"]:
-            return dequantize4(state["error_codes"], state["error_min"], state["error_max"], n,
-                               group["quant_block_size"])
-        return state["error"]
-
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p] or self._init_state(p, group)
-        n = p.numel()
-        window = group["m"]
-        blocks, size, k = topk_layout(n, group["topk_block_size"], group["k_init"])
-        state["step"] += 1
-        t = state["step"]
-        slot = (t - 1) % window
-
-        # a = g + e, zero-padded to whole top-k blocks.
-        acc = torch.zeros(blocks * size, dtype=torch.float32, device=p.device)
-        acc[:n] = p.grad.reshape(-1)
-        acc[:n] += self._error(state, n, group)
-        view = acc.view(blocks, size)
-        chosen = view.abs().topk(k, dim=1, sorted=False).indices
-        state["indices"][slot] = chosen.to(state["indices"].dtype)
-        state["values"][slot] = view.gather(1, chosen).to(torch.bfloat16)
-
-        # The residual (a without the chosen entries) becomes the next error.
-        view.scatter_(1, chosen, 0.0)
-        if group["quantize_error"]:
-            state["error_codes"], state["error_min"], state["error_max"] = quantize4(acc[:n], group["quant_block_size"])
-        else:
-            state["error"].copy_(acc[:n])
-
-        # Adam moments from the window, into dense buffers (acc is reused for the first moment).
-        beta1, beta2 = group["betas"]
-        first = acc.zero_().view(blocks, size)
-        second = torch.zeros_like(first)
-        slots, w1 = zip(*window_weights(t, window, beta1), strict=True)
-        w2 = [w for _, w in window_weights(t, window, beta2)]
-        # All filled slots in one scatter per moment: (slots, blocks, k) -> (blocks, slots*k).
-        idx = state["indices"][list(slots)].long()
-        vals = state["values"][list(slots)].float()
-        weights1 = torch.tensor(w1, dtype=torch.float32, device=p.device).view(-1, 1, 1)
-        weights2 = torch.tensor(w2, dtype=torch.float32, device=p.device).view(-1, 1, 1)
-        idx = idx.permute(1, 0, 2).reshape(blocks, -1)
-        first.scatter_add_(1, idx, (vals * weights1).permute(1, 0, 2).reshape(blocks, -1))
-        second.scatter_add_(1, idx, vals.square_().mul_(weights2).permute(1, 0, 2).reshape(blocks, -1))
-        second.div_(1 - beta2**t).sqrt_().add_(group["eps"])
-        update = first.div_(1 - beta1**t).div_(second).view(-1)[:n]
-
-        lr, wd = group["lr"], group["weight_decay"]
-        if wd != 0:
-            p.mul_(1 - lr * wd)
-        p.add_(update.view(p.shape).to(p.dtype), alpha=-lr)
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads, states, layout, slots = [], [], [], [], {}
+        for p, group in params_with_grads(self):
+            state = self.state[p] or self._init_state(p, group)
+            state["step"] += 1
+            t = state["step"]
+            (b1, b2), lr = group["betas"], float(group["lr"])
+            scalars = (float(t), b1, b2, group["eps"], decay_factor(lr, group["weight_decay"]), lr, group["alpha"])
+            error = (state["error"],) if "error" in state else (state["error_codes"], state["error_min"],
+                                                                state["error_max"])
+            tensor_layout = (topk_layout(p.numel(), group["topk_block_size"], group["k_init"]),
+                             group["quant_block_size"], group["m"])
+            layout.append((tensor_layout, slots.setdefault(scalars, len(slots)), p.is_contiguous()))
+            params.append(p)
+            grads.append(p.grad)
+            states.append((state["indices"], state["values"], *error))
+        if params:
+            key = (tuple(layout), tuple((p.dtype, p.grad.dtype, p.device, len(s)) for p, s in zip(params, states)))
+            run_step(self, microadam_step, microadam_step_eager, key, params, grads, states, tuple(layout),
+                     list(slots))
+        return loss
 
 
 def check_microadam_hparams(lr: float, m: int, k_init: float, quant_block_size: int, topk_block_size: int,
-                            betas, eps: float, weight_decay: float) -> None:
+                            betas, eps: float, weight_decay: float, alpha: float = 0.0) -> None:
     check_lr(lr)
     check_positive_int(m=m, quant_block_size=quant_block_size, topk_block_size=topk_block_size)
     if not 0.0 < k_init <= 1.0:
@@ -232,49 +383,74 @@ def check_microadam_hparams(lr: float, m: int, k_init: float, quant_block_size: 
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     check_betas(betas)
     check_nonnegative(eps=eps, weight_decay=weight_decay)
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1) (share of the error feedback added to each update; "
+                         f"the official code's experimental -2 is not offered), got {alpha}")
 
 
 def build_microadam(model: nn.Module, lr: float, *, m=10, k_init=0.01, quant_block_size=100_000,
-                    topk_block_size=INT16_BLOCK_LIMIT, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                    quantize_error=True, impl="torch") -> torch.optim.Optimizer:
+                    topk_block_size=INT16_BLOCK_LIMIT, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, alpha=0.0,
+                    quantize_error=True, impl="torch", compile=True) -> torch.optim.Optimizer:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-    check_microadam_hparams(lr, m, k_init, quant_block_size, topk_block_size, betas, eps, weight_decay)
-    params = trainable(model)
+    check_microadam_hparams(lr, m, k_init, quant_block_size, topk_block_size, betas, eps, weight_decay, alpha)
+    groups = decay_groups(model, weight_decay)
     if impl == "official":
-        return _official(params, lr, m, k_init, quant_block_size, betas, eps, weight_decay)
-    return MicroAdam(params, lr=lr, m=m, k_init=k_init, quant_block_size=quant_block_size,
-                     topk_block_size=topk_block_size, betas=betas, eps=eps, weight_decay=weight_decay,
-                     quantize_error=quantize_error)
+        return _official(groups, lr, m, k_init, quant_block_size, betas, eps, weight_decay, alpha)
+    return MicroAdam(groups, lr=lr, m=m, k_init=k_init, quant_block_size=quant_block_size,
+                     topk_block_size=topk_block_size, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha,
+                     quantize_error=quantize_error, compile=compile)
 
 
-def _official(params, lr, m, k_init, quant_block_size, betas, eps, weight_decay) -> torch.optim.Optimizer:
-    """The authors' CUDA MicroAdam. NEVER RUN HERE (no CUDA, package not installed)."""
+def official_unmet(params: Sequence[torch.Tensor]) -> str | None:
+    """Why the official optimizer cannot take these parameters, or None."""
     if importlib.util.find_spec(OFFICIAL_PACKAGE) is None:
-        raise ValueError(f"impl='official' needs the package {OFFICIAL_PACKAGE} (pip install ista-daslab-optimizers); "
-                         "use impl='torch'")
-    if not params or any(p.device.type != "cuda" for p in params):
-        raise ValueError("impl='official' runs on CUDA parameters only; use impl='torch' on this device")
+        return f"impl='official' needs the package {OFFICIAL_PACKAGE} (pip install ista-daslab-optimizers)"
+    return official_device_unmet(params)
+
+
+def official_device_unmet(params: Sequence[torch.Tensor]) -> str | None:
+    """Why the official CUDA kernels cannot take these parameters (CUDA and bfloat16 needed), or None.
+
+    Checked before the optimizer is built: the kernels assert bf16 gradients in C, which aborts
+    the whole process (a grid with it) instead of raising."""
+    devices = sorted({p.device.type for p in params} - {"cuda"})
+    if not params or devices:
+        return f"impl='official' runs on CUDA parameters only, not {', '.join(devices) or 'no parameters'}"
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params} - {"bfloat16"})
+    if dtypes:
+        return (f"impl='official' needs bfloat16 parameters and gradients (its CUDA kernels assert bf16), "
+                f"got {', '.join(dtypes)}; convert the model with model.to(torch.bfloat16)")
+    return None
+
+
+def _official(groups, lr, m, k_init, quant_block_size, betas, eps, weight_decay, alpha) -> torch.optim.Optimizer:
+    """The authors' CUDA MicroAdam (not installed on the development machine; no run made)."""
+    reason = official_unmet(flat_params(groups))
+    if reason is not None:
+        raise ValueError(f"{reason}; or use impl='torch'")
     from ista_daslab_optimizers import MicroAdam as OfficialMicroAdam
 
-    return OfficialMicroAdam(params, m=m, lr=lr, quant_block_size=quant_block_size, k_init=k_init,
-                             betas=tuple(betas), weight_decay=weight_decay, eps=eps)
+    optimizer = OfficialMicroAdam(groups, m=m, lr=lr, quant_block_size=quant_block_size, k_init=k_init, alpha=alpha,
+                                  betas=tuple(betas), weight_decay=weight_decay, eps=eps)
+    optimizer.optbench_impl = "official"
+    return optimizer
 
 
 def microadam_param_state_bytes(param: torch.Tensor, m: int = 10, k_init: float = 0.01,
                                 quant_block_size: int = 100_000, topk_block_size: int = INT16_BLOCK_LIMIT,
                                 quantize_error: bool = True) -> int:
     n = param.numel()
-    blocks, size, k = topk_layout(n, topk_block_size, k_init)
+    size = topk_layout(n, topk_block_size, k_init)[1]
     index_bytes = torch.empty((), dtype=index_dtype(size)).element_size()
-    window = m * blocks * k * (index_bytes + 2)
+    window = m * window_width(n, topk_block_size, k_init) * (index_bytes + 2)
     if quantize_error:
         return window + math.ceil(n / 2) + 2 * 2 * math.ceil(n / quant_block_size)
     return window + 4 * n
 
 
 def official_state_bytes_estimate(param: torch.Tensor, m: int, k_init: float, quant_block_size: int) -> int:
-    """The official package's layout as REFERENCES.md states it, NOT verified here (never run):
+    """The official package's layout as REFERENCES.md states it, not verified by a run:
     m·k·N int16 indices + bf16 values, ceil(N/2) codes and floor(N/qbs)+1 bf16 min/max pairs."""
     n = param.numel()
     return 4 * m * math.ceil(k_init * n) + math.ceil(n / 2) + 4 * (n // quant_block_size + 1)
@@ -299,10 +475,14 @@ register_optimizer(
         build=build_microadam,
         state_bytes=microadam_state_bytes,
         defaults={"m": 10, "k_init": 0.01, "quant_block_size": 100_000, "topk_block_size": INT16_BLOCK_LIMIT,
-                  "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "quantize_error": True,
-                  "impl": "torch"},
+                  "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "alpha": 0.0, "quantize_error": True,
+                  "impl": "torch", "compile": False},
         default_lr=1e-3,
-        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
+        # Per element, at the defaults (m = 10, k_init = 0.01): read the gradient, read and write the
+        # parameter (12 bytes in float32), read and write the 4-bit error (0.5 + 0.5) and read the
+        # window, m·k_init·(2 index + 2 value) = 0.4 bytes: 13.4.
+        bound_bytes_per_param=13.4,
+        board_note=BOARD_NOTE,
         description="MicroAdam in PyTorch: top-k gradient window (int16+bf16) and 4-bit error feedback",
     )
 )

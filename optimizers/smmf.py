@@ -6,7 +6,7 @@ Optimization", AAAI 2025 (arXiv 2412.08894; official code github.com/eai-lab/SMM
 Every tensor of N elements is viewed as the most square matrix (n, m) with n*m = N
 (``square_matricize``). The first moment is kept as a 1-bit sign plus a rank-1 factorization
 of its magnitude, the second moment as a rank-1 factorization; both factorizations are the
-closed-form rank-1 NNMF (``rank1_nnmf``). Per step t (1-based)::
+closed-form rank-1 NNMF (``rank1_factors``). Per step t (1-based)::
 
     M_hat = sign * outer(r_M, c_M);  V_hat = outer(r_V, c_V)           (decompress)
     b1_t = beta * growth_rate**(t-1);  b2_t = 1 - t**decay_rate
@@ -14,30 +14,57 @@ closed-form rank-1 NNMF (``rank1_nnmf``). Per step t (1-based)::
     sign = M > 0;  (r_M, c_M) = nnmf(|M|);  (r_V, c_V) = nnmf(V)       (compress)
     p = p*(1 - lr*wd)  (adamw mode);  p = p - lr * M / (sqrt(V) + eps)  (no bias correction)
 
-State per tensor: four float32 factor vectors and the sign packed 1 bit per element in
-uint8 (the paper's 1-bit sign; the official code keeps a bool per element):
-8(n+m) + ceil(N/8) bytes (planar bit layout, see ``pack_signs``). The step count is a Python int
-in the state (no tensor).
-The step works in the matricized view with two dense float32 buffers (M, then V reused for
-the update) plus the unpacked ±1 sign (int8): no dense tensor beyond what the math needs.
+Which tensors are factorized follows the reference: it decides on the *squeezed* shape, and
+without ``vector_reshape`` a tensor whose squeezed shape is 1-D ((48,), (1, 48), (48, 1),
+(1, 1, 40)) keeps full ``exp_avg`` and ``exp_avg_sq`` in its own dtype and takes the same
+update unfactorized (the reference's ``_adam``). With ``vector_reshape`` (the default) every
+tensor is factorized.
+
+``weight_decay_mode``: "adamw" (default) decays the parameter as above. "adam" adds the L2
+term ``wd * p`` to the gradient the moments see. The reference adds it to a local copy of the
+gradient that its update never reads, so there decay does nothing in that mode; we apply it,
+as the paper's Algorithm 1 intends.
+
+State per factorized tensor: four float32 factor vectors and the sign packed 1 bit per
+element in uint8 (the paper's 1-bit sign; the official code keeps a bool per element):
+8(n+m) + ceil(N/8) bytes. Bit i of byte j is the sign of element 8j+i of the matricized view
+(``pack_signs``). The step count is a Python int in the state (no tensor).
+
+The step is one function over every tensor, compiled by default (``optbench.optimizers._common``);
+the eager path runs the same row function on blocks of rows, so that its scratch stays a few
+MiB however large a tensor is.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import torch
 from torch import nn
 
+from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optbench.optimizers._common import PerParameterStep, check_lr, check_nonnegative, trainable
+from optbench.optimizers._common import (
+    check_lr,
+    check_nonnegative,
+    decay_factor,
+    ema_,
+    initial_impl,
+    params_with_grads,
+    run_step,
+    trainable,
+)
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
-_BIT_SHIFTS = tuple(range(8))
+CHUNK_ELEMENTS = 1 << 18  # the eager path's block of rows holds at most about this many elements
+FACTORED, PLAIN = "factored", "plain"
+
+
+# ----------------------------------------------------------------------------- the pieces
 
 
 @lru_cache(maxsize=4096)
@@ -55,41 +82,40 @@ def square_matricize(numel: int) -> tuple[int, int]:
     raise AssertionError("unreachable: 1 divides every integer")
 
 
-def rank1_nnmf(matrix: torch.Tensor, *, absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form rank-1 NNMF of a non-negative (n, m) matrix (of ``|matrix|`` when ``absolute``).
+def factorizes(shape: Sequence[int], vector_reshape: bool) -> bool:
+    """Whether SMMF factorizes a tensor of ``shape``: always with ``vector_reshape``; otherwise
+    unless its squeezed shape is 1-D (the reference's rule, ``grad.squeeze()``)."""
+    return vector_reshape or sum(1 for d in shape if d != 1) != 1
 
-    r = row sums, c = column sums, and the shorter of the two is divided by the total, so
-    ``outer(r, c) = rowsum ⊗ colsum / total``. An all-zero matrix gives zero factors.
+
+def rank1_factors(row_sums: torch.Tensor, col_sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The closed-form rank-1 NNMF of a non-negative (n, m) matrix from its row and column sums.
+
+    ``outer(r, c) = rowsum ⊗ colsum / total``: the shorter factor (the columns when n >= m,
+    as in the reference) is divided by its own sum. An all-zero matrix gives zero factors.
     """
+    tiny = torch.finfo(row_sums.dtype).tiny
+    if row_sums.numel() < col_sums.numel():
+        return row_sums / row_sums.sum().clamp_min(tiny), col_sums
+    return row_sums, col_sums / col_sums.sum().clamp_min(tiny)
+
+
+def rank1_nnmf(matrix: torch.Tensor, *, absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-1 NNMF factors of a non-negative (n, m) matrix (of ``|matrix|`` when ``absolute``)."""
     if absolute:
-        rows = torch.linalg.vector_norm(matrix, ord=1, dim=1)  # sum |x| without a dense |M|
-        cols = torch.linalg.vector_norm(matrix, ord=1, dim=0)
-    else:
-        rows, cols = matrix.sum(dim=1), matrix.sum(dim=0)
-    total = rows.sum().clamp_min(torch.finfo(rows.dtype).tiny)
-    if rows.numel() <= cols.numel():
-        rows = rows / total
-    else:
-        cols = cols / total
-    return rows, cols
+        matrix = matrix.abs()
+    return rank1_factors(matrix.sum(dim=1), matrix.sum(dim=0))
+
+
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(8, dtype=torch.uint8, device=device)
 
 
 def pack_signs(positive: torch.Tensor) -> torch.Tensor:
-    """Pack a bool tensor (any shape, N elements) into B = ceil(N/8) uint8 bytes.
-
-    Planar layout, so that every operation runs on contiguous memory: bit i of byte j holds
-    element i*B + j (the zero padding sits in the last plane).
-    """
-    flat = positive.reshape(-1)
-    n = flat.numel()
-    per_plane = math.ceil(n / 8)
-    planes = torch.zeros(8 * per_plane, dtype=torch.uint8, device=flat.device)
-    planes[:n] = flat
-    planes = planes.view(8, per_plane)
-    packed = planes[0].clone()
-    for i in _BIT_SHIFTS[1:]:
-        packed.bitwise_or_(planes[i] << i)
-    return packed
+    """Pack a bool tensor (any shape, N elements) into ceil(N/8) uint8: bit i of byte j is element 8j+i."""
+    flat = positive.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
+    return (flat.view(-1, 8) << _bit_shifts(flat.device)).sum(dim=1, dtype=torch.uint8)
 
 
 def unpack_signs(packed: torch.Tensor, numel: int) -> torch.Tensor:
@@ -98,13 +124,7 @@ def unpack_signs(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=packed.device).unsqueeze(1)
-    return ((packed.unsqueeze(0) >> shifts) & 1).view(-1)[:numel]
-
-
-def _unpack_pm1(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    """Signs as int8 ±1 (+1 where the packed bit is set)."""
-    return _unpack_bits(packed, numel).view(torch.int8).mul_(2).sub_(1)
+    return ((packed.unsqueeze(1) >> _bit_shifts(packed.device)) & 1).view(-1)[:numel]
 
 
 def beta1_at(step: int, beta: float, growth_rate: float) -> float:
@@ -115,19 +135,129 @@ def beta2_at(step: int, decay_rate: float) -> float:
     return 1.0 - step**decay_rate
 
 
-def smmf_matrix_shape(param: torch.Tensor, vector_reshape: bool) -> tuple[int, int]:
-    """The matricized shape SMMF uses for ``param``; 1-D tensors stay (N, 1) without vector_reshape."""
-    if param.ndim <= 1 and not vector_reshape:
-        return max(param.numel(), 1), 1
-    return square_matricize(param.numel())
+def smmf_matrix_shape(param: torch.Tensor) -> tuple[int, int]:
+    """The matricized shape SMMF uses for a factorized ``param``."""
+    return square_matricize(max(param.numel(), 1))
 
 
-class SMMF(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
-    """SMMF (Park et al., AAAI 2025). ``decay_rate`` −0.5 suits CNNs, −0.8 Transformers (the authors)."""
+# ----------------------------------------------------------------------------- the step, per tensor
+
+
+def factored_rows(param: torch.Tensor, grad: torch.Tensor, row_m: torch.Tensor, col_m: torch.Tensor,
+                  row_v: torch.Tensor, col_v: torch.Tensor, sign: torch.Tensor, scalars: Sequence[float],
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SMMF's step on a block of rows of one matricized tensor; the new moments' row and column sums.
+
+    ``param``, ``grad``: (h, m) rows of the matricized views; ``row_m``, ``row_v``: (h,) their
+    row factors; ``col_m``, ``col_v``: (m,) the column factors; ``sign``: the packed signs of
+    these rows, overwritten with the new ones. ``scalars`` = (b1_t, b2_t, eps, decay, lr, l2).
+    Returns (row sums of |M|, column sums of |M|, row sums of V, column sums of V).
+    """
+    b1, b2, eps, decay, lr, l2 = scalars
+    g = grad.float()
+    if l2 != 0:  # weight_decay_mode="adam": the L2 term joins the gradient the moments see
+        g = g.add(param.float(), alpha=l2)
+    rows, cols = g.shape
+    moment = torch.outer(row_m, col_m).mul_(_unpack_bits(sign, rows * cols).view(rows, cols) * 2.0 - 1.0)
+    ema_(moment, g, b1)  # M = b1*M_hat + (1-b1)*G
+    sign.copy_(pack_signs(moment > 0))
+    magnitude = moment.abs()
+    sums = [magnitude.sum(dim=1), magnitude.sum(dim=0)]
+    del magnitude
+    second = torch.outer(row_v, col_v).mul_(b2).addcmul_(g, g, value=1 - b2)  # V = b2*V_hat + (1-b2)*G²
+    sums += [second.sum(dim=1), second.sum(dim=0)]
+    param.mul_(decay).addcdiv_(moment, second.sqrt_().add_(eps), value=-lr)
+    return sums[0], sums[1], sums[2], sums[3]
+
+
+def plain_adam_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                scalars: Sequence[float]) -> None:
+    """The same update with full moments (the reference's ``_adam``): no factors, no bias correction."""
+    b1, b2, eps, decay, lr, l2 = scalars
+    g = grad if l2 == 0 else grad.add(param, alpha=l2)
+    ema_(exp_avg, g, b1)
+    exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+    param.mul_(decay).addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-lr)
+
+
+def _set_factors(rows: torch.Tensor, cols: torch.Tensor, row_sums: torch.Tensor, col_sums: torch.Tensor) -> None:
+    new_rows, new_cols = rank1_factors(row_sums, col_sums)
+    rows.copy_(new_rows)
+    cols.copy_(new_cols)
+
+
+def _matrix(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    return t.view(shape) if t.is_contiguous() else t.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- the step, every tensor
+
+
+def smmf_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
+              layout: tuple, slots: list[tuple[float, ...]]) -> None:
+    """Every tensor's step in one function (what ``torch.compile`` fuses): whole matrices at once.
+
+    ``layout[i]`` = (kind, matricized shape, scalar slot, contiguous) of tensor i; ``slots[j]``
+    the scalars of ``factored_rows``.
+    """
+    for p, g, state, (kind, shape, slot, contiguous) in zip(params, grads, states, layout, strict=True):
+        work = p if contiguous else p.contiguous()
+        if kind == PLAIN:
+            plain_adam_(work, g, state[0], state[1], slots[slot])
+        else:
+            row_m, col_m, row_v, col_v, sign = state
+            sums = factored_rows(work.view(shape), _matrix(g, shape), row_m, col_m, row_v, col_v, sign, slots[slot])
+            _set_factors(row_m, col_m, sums[0], sums[1])
+            _set_factors(row_v, col_v, sums[2], sums[3])
+        if not contiguous:
+            p.copy_(work)
+
+
+def smmf_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
+                    layout: tuple, slots: list[tuple[float, ...]]) -> None:
+    """The same step, eagerly, on blocks of at most ``CHUNK_ELEMENTS`` (rows a multiple of 8, so
+    that each block's signs are whole bytes): the scratch is a few blocks, not a few tensors."""
+    for p, g, state, (kind, shape, slot, contiguous) in zip(params, grads, states, layout, strict=True):
+        work = p if contiguous else p.contiguous()
+        if kind == PLAIN:
+            plain_adam_(work, g, state[0], state[1], slots[slot])
+        else:
+            _factored_in_blocks(work.view(shape), _matrix(g, shape), state, slots[slot])
+        if not contiguous:
+            p.copy_(work)
+
+
+def _factored_in_blocks(param: torch.Tensor, grad: torch.Tensor, state: tuple[torch.Tensor, ...],
+                        scalars: Sequence[float]) -> None:
+    row_m, col_m, row_v, col_v, sign = state
+    rows, cols = param.shape
+    block = max(8, CHUNK_ELEMENTS // cols // 8 * 8)
+    row_sums_m, row_sums_v = torch.empty_like(row_m), torch.empty_like(row_v)
+    col_sums_m, col_sums_v = torch.zeros_like(col_m), torch.zeros_like(col_v)
+    for lo in range(0, rows, block):
+        hi = min(rows, lo + block)
+        sums = factored_rows(param[lo:hi], grad[lo:hi], row_m[lo:hi], col_m, row_v[lo:hi], col_v,
+                             sign[lo * cols // 8:math.ceil(hi * cols / 8)], scalars)
+        row_sums_m[lo:hi], row_sums_v[lo:hi] = sums[0], sums[2]
+        col_sums_m += sums[1]
+        col_sums_v += sums[3]
+    _set_factors(row_m, col_m, row_sums_m, col_sums_m)
+    _set_factors(row_v, col_v, row_sums_v, col_sums_v)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+class SMMF(KeepStateDtypes, torch.optim.Optimizer):
+    """SMMF (Park et al., AAAI 2025). ``decay_rate`` −0.5 suits CNNs, −0.8 Transformers (the authors).
+
+    ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
+    whether the compiled or the eager step ran.
+    """
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor],
+        params: Iterable[torch.Tensor] | Iterable[dict],
         lr: float = 1e-3,
         beta: float = 0.9,
         eps: float = 1e-8,
@@ -136,45 +266,61 @@ class SMMF(KeepStateDtypes, PerParameterStep, torch.optim.Optimizer):
         growth_rate: float = 0.999,
         vector_reshape: bool = True,
         weight_decay_mode: str = "adamw",
+        compile: bool = True,
     ) -> None:
         check_smmf_hparams(lr, beta, eps, weight_decay, decay_rate, growth_rate, weight_decay_mode)
         defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
+        self.optbench_impl = initial_impl(compile)
 
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]
-        rows, cols = smmf_matrix_shape(p, group["vector_reshape"])
-        if not state:
-            state["step"] = 0
+        state["step"] = 0
+        if factorizes(p.shape, group["vector_reshape"]):
+            rows, cols = smmf_matrix_shape(p)
             zeros = lambda n: torch.zeros(n, dtype=torch.float32, device=p.device)  # noqa: E731
             state["row_m"], state["col_m"] = zeros(rows), zeros(cols)
             state["row_v"], state["col_v"] = zeros(rows), zeros(cols)
             state["sign"] = torch.zeros(math.ceil(p.numel() / 8), dtype=torch.uint8, device=p.device)
-        state["step"] += 1
-        t = state["step"]
-        lr, wd = group["lr"], group["weight_decay"]
-        grad = p.grad.reshape(rows, cols).float()
-        if wd != 0 and group["weight_decay_mode"] == "adam":
-            grad = grad.add(p.detach().reshape(rows, cols).float(), alpha=wd)
-        b1, b2 = beta1_at(t, group["beta"], group["growth_rate"]), beta2_at(t, group["decay_rate"])
+        else:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        return state
 
-        # First moment: decompress sign ⊙ outer(r, c), blend in G, compress again.
-        moment = torch.outer(state["row_m"], state["col_m"])
-        moment.mul_(_unpack_pm1(state["sign"], p.numel()).view(rows, cols))
-        moment.mul_(b1).add_(grad, alpha=1 - b1)
-        state["sign"] = pack_signs(moment > 0)
-        state["row_m"], state["col_m"] = rank1_nnmf(moment, absolute=True)
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads, states, layout, slots = [], [], [], [], {}
+        for p, group in params_with_grads(self):
+            state = self.state[p] or self._init_state(p, group)
+            state["step"] += 1
+            scalars = _step_scalars(state["step"], group)
+            slot = slots.setdefault(scalars, len(slots))
+            if "sign" in state:
+                tensors = (state["row_m"], state["col_m"], state["row_v"], state["col_v"], state["sign"])
+                layout.append((FACTORED, smmf_matrix_shape(p), slot, p.is_contiguous()))
+            else:
+                tensors = (state["exp_avg"], state["exp_avg_sq"])
+                layout.append((PLAIN, tuple(p.shape), slot, p.is_contiguous()))
+            params.append(p)
+            grads.append(p.grad)
+            states.append(tensors)
+        if params:
+            key = (tuple(layout), tuple((p.dtype, p.grad.dtype, p.device) for p in params))
+            run_step(self, smmf_step, smmf_step_eager, key, params, grads, states, tuple(layout), list(slots))
+        return loss
 
-        # Second moment, in a buffer that then holds the denominator.
-        second = torch.outer(state["row_v"], state["col_v"])
-        second.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        state["row_v"], state["col_v"] = rank1_nnmf(second)
 
-        if wd != 0 and group["weight_decay_mode"] == "adamw":
-            p.mul_(1 - lr * wd)
-        update = moment.div_(second.sqrt_().add_(group["eps"]))
-        p.add_(update.view(p.shape).to(p.dtype), alpha=-lr)
+def _step_scalars(step: int, group: dict) -> tuple[float, ...]:
+    """(b1_t, b2_t, eps, decay factor, lr, L2 coefficient) of ``factored_rows`` for this step and group."""
+    lr, wd = float(group["lr"]), group["weight_decay"]
+    adamw = group["weight_decay_mode"] == "adamw"
+    return (beta1_at(step, group["beta"], group["growth_rate"]), beta2_at(step, group["decay_rate"]),
+            group["eps"], decay_factor(lr, wd) if adamw else 1.0, lr, 0.0 if adamw else wd)
 
 
 def check_smmf_hparams(lr: float, beta: float, eps: float, weight_decay: float, decay_rate: float,
@@ -192,14 +338,19 @@ def check_smmf_hparams(lr: float, beta: float, eps: float, weight_decay: float, 
 
 
 def build_smmf(model: nn.Module, lr: float, *, beta=0.9, eps=1e-8, weight_decay=0.0, decay_rate=-0.5,
-               growth_rate=0.999, vector_reshape=True, weight_decay_mode="adamw") -> SMMF:
-    return SMMF(trainable(model), lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
-                growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode)
+               growth_rate=0.999, vector_reshape=True, weight_decay_mode="adamw", compile=True) -> SMMF:
+    check_smmf_hparams(lr, beta, eps, weight_decay, decay_rate, growth_rate, weight_decay_mode)
+    return SMMF(decay_groups(model, weight_decay), lr=lr, beta=beta, eps=eps, weight_decay=weight_decay,
+                decay_rate=decay_rate, growth_rate=growth_rate, vector_reshape=vector_reshape,
+                weight_decay_mode=weight_decay_mode, compile=compile)
 
 
 def smmf_param_state_bytes(param: torch.Tensor, vector_reshape: bool = True) -> int:
-    """Four float32 factors (2 rows + 2 cols) and ceil(N/8) sign bytes."""
-    rows, cols = smmf_matrix_shape(param, vector_reshape)
+    """Factorized: four float32 factors (2 rows + 2 cols) and ceil(N/8) sign bytes; otherwise
+    two full moments in the parameter's dtype."""
+    if not factorizes(param.shape, vector_reshape):
+        return 2 * param.numel() * param.element_size()
+    rows, cols = smmf_matrix_shape(param)
     return 4 * 2 * (rows + cols) + math.ceil(param.numel() / 8)
 
 
@@ -215,9 +366,12 @@ register_optimizer(
         build=build_smmf,
         state_bytes=smmf_state_bytes,
         defaults={"beta": 0.9, "eps": 1e-8, "weight_decay": 0.0, "decay_rate": -0.5, "growth_rate": 0.999,
-                  "vector_reshape": True, "weight_decay_mode": "adamw"},
+                  "vector_reshape": True, "weight_decay_mode": "adamw", "compile": False},
         default_lr=1e-3,
-        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
+        # Per element, a step must read the parameter and its gradient and write the parameter
+        # (4 + 4 + 4 bytes in float32) and read and write the packed sign (1/8 + 1/8); the factors
+        # are O(sqrt(N)).
+        bound_bytes_per_param=12.25,
         description="SMMF: 1-bit sign + rank-1 factors of both moments on a square-matricized view",
     )
 )

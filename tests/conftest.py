@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Our own optimizers compile their step by default; the suite steps them eagerly (compiling every
+# toy model would cost minutes). The compiled path has its own tests (marked slow), which set it back.
+os.environ.setdefault("OPTBENCH_COMPILE", "0")
 
 
 @pytest.fixture(autouse=True)

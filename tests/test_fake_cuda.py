@@ -27,10 +27,10 @@ from optbench.state import state_tensors
 
 GPU_TASKS = sorted(name for name, spec in tasks().items() if spec.tier == "gpu")
 OURS = ("slimadam", "slimadam-snr", "smmf", "microadam")
-# Ours with syncs still inside step() (issue 19, item 3: SMMF builds torch.tensor(_BIT_SHIFTS)
-# per parameter per step, MicroAdam its window weights): expected to fail until fixed, strictly,
-# so that the fix must take the name off this list.
-SYNCS_TO_REMOVE = {"smmf", "microadam"}
+# Ours with syncs still inside step(): expected to fail until fixed, strictly, so that the fix
+# must take the name off this list. (SMMF's per-step bit-shift tensors and MicroAdam's window
+# weights, issue 19 item 3, are now made on the device.)
+SYNCS_TO_REMOVE: set[str] = set()
 ROOT = Path(__file__).resolve().parent.parent
 SYNCS: dict[tuple[str, str, str], list[Counter]] = {}  # (preset, task, optimizer) -> syncs per step
 

@@ -12,6 +12,7 @@ from toy_model import toy, toy_loss, train
 
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
+from optbench.optimizers import microadam
 from optbench.optimizers.microadam import (
     MicroAdam,
     build_microadam,
@@ -19,10 +20,12 @@ from optbench.optimizers.microadam import (
     index_dtype,
     microadam_param_state_bytes,
     microadam_state_bytes,
+    official_device_unmet,
     pack_nibbles,
     quantize4,
     topk_layout,
     unpack_nibbles,
+    window_weights,
 )
 
 
@@ -32,6 +35,9 @@ def test_nibble_pack_round_trip(numel: int) -> None:
     packed = pack_nibbles(codes)
     assert packed.numel() == math.ceil(numel / 2)
     assert torch.equal(unpack_nibbles(packed, numel), codes)
+    # byte j holds codes 2j and 2j+1, so a piece of even length packs into bytes of its own
+    if numel >= 4:
+        assert torch.equal(packed[1:2], pack_nibbles(codes[2:4]))
 
 
 @pytest.mark.parametrize(("numel", "block"), [(37, 8), (64, 64), (5, 100)])
@@ -56,13 +62,23 @@ def test_quantize4_constant_and_zero() -> None:
 
 
 def test_layout_and_index_dtype() -> None:
-    assert topk_layout(100, 32, 0.1) == (4, 25, 3)
-    assert topk_layout(5, 32768, 0.01) == (1, 5, 1)
+    # the official layout: full blocks of B, then a shorter block with its own k
+    assert topk_layout(100, 32, 0.1) == (3, 32, 4, 4, 1)
+    assert topk_layout(5, 32768, 0.01) == (1, 5, 1, 0, 0)
     assert index_dtype(32768) == torch.int16 and index_dtype(32769) == torch.int32
-    assert topk_layout(50_000, 40_000, 0.01) == (2, 25_000, 250)  # two int16 blocks
+    assert topk_layout(50_000, 40_000, 0.01) == (1, 40_000, 400, 10_000, 100)  # int32: B > 32768
     p = torch.zeros(70_000)
-    assert topk_layout(70_000, 70_000, 0.01) == (1, 70_000, 700)  # one block: int32 indices
+    assert topk_layout(70_000, 32768, 0.01) == (2, 32768, 328, 4464, 45)
+    assert microadam_param_state_bytes(p, m=2) == 2 * (2 * 328 + 45) * (2 + 2) + 35_000 + 4
     assert microadam_param_state_bytes(p, m=2, topk_block_size=70_000) == 2 * 700 * (4 + 2) + 35_000 + 4
+
+
+def test_window_weights_are_made_on_the_device_for_filled_slots_only() -> None:
+    # step 2 of a window of 4: slot 1 written now (age 0), slot 0 a step ago (age 1), slots 2-3 empty
+    w = window_weights(2.0, 4, 0.9, torch.device("cpu"))
+    assert torch.allclose(w, torch.tensor([0.1 * 0.9, 0.1, 0.0, 0.0]))
+    w = window_weights(6.0, 4, 0.5, torch.device("cpu"))  # slot 1 is the newest, slot 2 the oldest
+    assert torch.allclose(w, torch.tensor([0.25, 0.5, 0.0625, 0.125]))
 
 
 def bf16_grads(shape: tuple[int, ...], steps: int) -> list[torch.Tensor]:
@@ -88,43 +104,62 @@ def test_full_density_equals_windowed_adam(quantize_error: bool) -> None:
         assert torch.allclose(p.detach(), ref, rtol=1e-5, atol=1e-7), f"step {t}"
 
 
-def dense_microadam(grads: list[torch.Tensor], p0: torch.Tensor, window: int, block: int, k: int, lr: float,
-                    betas, eps: float) -> torch.Tensor:
-    """The paper's algorithm with an exact error, on a dense vector split into top-k blocks."""
+def dense_microadam(grads: list[torch.Tensor], p0: torch.Tensor, window: int, blocks: list[tuple[int, int, int]],
+                    lr: float, betas, eps: float, wd: float = 0.0, alpha: float = 0.0) -> torch.Tensor:
+    """The paper's algorithm with an exact error, on a dense vector; ``blocks`` = (start, end, k).
+
+    ``alpha`` > 0: the official pre-training option (a share alpha of the new error joins the
+    update; the error keeps the rest)."""
     b1, b2 = betas
     n = p0.numel()
-    blocks = math.ceil(n / block)
     p, error, history = p0.clone().reshape(-1), torch.zeros(n), []
     for t, g in enumerate(grads, start=1):
         a = g.reshape(-1) + error
         sparse = torch.zeros(n)
-        for b in range(blocks):
-            sl = slice(b * block, min((b + 1) * block, n))
-            top = a[sl].abs().argsort(descending=True)[:k] + b * block
+        for start, end, k in blocks:
+            top = a[start:end].abs().argsort(descending=True)[:k] + start
             sparse[top] = a[top]
         error = a - sparse
         history.append(sparse.to(torch.bfloat16).float())
         recent = [(age, history[t - 1 - age]) for age in range(min(t, window))]
         m = sum((1 - b1) * b1**age * s for age, s in recent)
         v = sum((1 - b2) * b2**age * s * s for age, s in recent)
-        p = p - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+        p = p * (1 - lr * wd) - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps) - lr * alpha * error
+        error = (1 - alpha) * error
     return p.reshape(p0.shape)
 
 
-def test_sparse_step_equals_dense_reference_with_exact_error() -> None:
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_sparse_step_equals_dense_reference_with_exact_error(alpha: float) -> None:
     steps, window = 8, 3
     grads = [torch.randn(5, 10, generator=torch.Generator().manual_seed(s)) for s in range(steps)]
     p = nn.Parameter(torch.randn(5, 10))
     start = p.detach().clone()
-    # 50 elements in top-k blocks of at most 16: 4 blocks of 13 (the last padded by 2), k = 3 each.
-    opt = MicroAdam([p], lr=1e-2, m=window, k_init=0.2, topk_block_size=16, quantize_error=False)
-    assert topk_layout(50, 16, 0.2) == (4, 13, 3)
+    # 50 elements in top-k blocks of 16: 3 blocks of 16 with k = 4, then 2 elements with k = 1.
+    opt = MicroAdam([p], lr=1e-2, m=window, k_init=0.2, topk_block_size=16, weight_decay=0.1, alpha=alpha,
+                    quantize_error=False)
+    assert topk_layout(50, 16, 0.2) == (3, 16, 4, 2, 1)
     for g in grads:
         p.grad = g.clone()
         opt.step()
-    ref = dense_microadam(grads, start, window, 13, 3, 1e-2, (0.9, 0.999), 1e-8)
+    ref = dense_microadam(grads, start, window, [(0, 16, 4), (16, 32, 4), (32, 48, 4), (48, 50, 1)], 1e-2,
+                          (0.9, 0.999), 1e-8, wd=0.1, alpha=alpha)
     assert torch.allclose(p.detach(), ref, rtol=1e-5, atol=1e-7)
     assert opt.state[p]["indices"].dtype == torch.int16 and opt.state[p]["values"].dtype == torch.bfloat16
+    assert opt.state[p]["indices"].shape == (window, 13)
+
+
+def test_pieces_equal_the_whole_tensor(monkeypatch) -> None:
+    """The eager step works on pieces of the tensor; pieces of a few blocks must equal one piece."""
+    model, ref = toy(), toy()
+    kw = dict(k_init=0.2, quant_block_size=5, topk_block_size=8, weight_decay=0.1, alpha=0.2)
+    opt, whole = build_microadam(model, 1e-2, **kw), build_microadam(ref, 1e-2, **kw)
+    train(ref, whole, 4)
+    monkeypatch.setattr(microadam, "CHUNK_ELEMENTS", 9)  # pieces of 2 quantization blocks, 1 top-k block
+    train(model, opt, 4)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-8)
+        assert torch.equal(opt.state[p]["error_codes"], whole.state[q]["error_codes"])
 
 
 def test_error_feedback_is_quantized_and_bounded() -> None:
@@ -136,7 +171,7 @@ def test_error_feedback_is_quantized_and_bounded() -> None:
     state = opt.state[p]
     assert state["error_codes"].dtype == torch.uint8 and state["error_codes"].numel() == 20
     error = dequantize4(state["error_codes"], state["error_min"], state["error_max"], 40, 16)
-    chosen = state["indices"][0].long().reshape(-1)
+    chosen = state["indices"][0].long()  # one top-k block: indices within it are global
     expected = g.clone()
     expected[chosen] = 0
     assert (error - expected).abs().max() <= (g.max() - g.min()) / 30 + 0.02
@@ -163,7 +198,8 @@ def test_loss_decreases_and_state_dict_round_trip() -> None:
 
 BAD_HPARAMS = [({"lr": -1.0}, "lr"), ({"m": 0}, "m"), ({"k_init": 0.0}, "k_init"), ({"k_init": 1.5}, "k_init"),
                ({"quant_block_size": 0}, "quant_block_size"), ({"betas": (0.9, 1.0)}, "beta2"),
-               ({"eps": -1.0}, "eps"), ({"weight_decay": -1.0}, "weight_decay"), ({"impl": "cuda"}, "impl")]
+               ({"eps": -1.0}, "eps"), ({"weight_decay": -1.0}, "weight_decay"), ({"impl": "cuda"}, "impl"),
+               ({"alpha": 1.0}, "alpha"), ({"alpha": -2}, "alpha")]
 
 
 @pytest.mark.parametrize(("kwargs", "name"), BAD_HPARAMS)
@@ -180,6 +216,19 @@ def test_official_impl_refuses_without_cuda_or_package() -> None:
     assert microadam_state_bytes(nn.Linear(13, 1, bias=False), impl="official") == 4 * 10 * 1 + 7 + 4
 
 
+def test_official_impl_needs_bf16_cuda_parameters() -> None:
+    """The official kernels assert bf16 gradients in C (an abort no try/except catches): refuse first."""
+    from fake_cuda import fake_cuda
+
+    assert "CUDA" in official_device_unmet([torch.zeros(4, dtype=torch.bfloat16)])
+    with fake_cuda():
+        fp32 = [torch.zeros(4, device="cuda")]
+        bf16 = [torch.zeros(4, device="cuda", dtype=torch.bfloat16)]
+    reason = official_device_unmet(fp32)
+    assert "bfloat16" in reason and "float32" in reason
+    assert official_device_unmet(bf16) is None
+
+
 @pytest.mark.parametrize("quantize_error", [True, False])
 def test_registration_and_state_bytes(quantize_error: bool) -> None:
     spec = get_optimizer("microadam")
@@ -189,3 +238,19 @@ def test_registration_and_state_bytes(quantize_error: bool) -> None:
     opt = spec.build(model, 1e-3, **hp)
     train(model, opt, 1)
     assert optimizer_state_bytes(opt) == spec.state_bytes(model, **hp)
+    assert spec.bound_bytes_per_param == 13.4 and "m = 10" in spec.board_note
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(monkeypatch) -> None:
+    monkeypatch.setenv("OPTBENCH_COMPILE", "1")
+    model, ref = toy(), toy()
+    kw = dict(k_init=0.2, quant_block_size=16, topk_block_size=20, weight_decay=0.1)
+    opt, eager = build_microadam(model, 1e-2, **kw), build_microadam(ref, 1e-2, compile=False, **kw)
+    assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
+    train(model, opt, 5)
+    train(ref, eager, 5)
+    assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        err = ((p - q).norm() / q.norm()).item()
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"

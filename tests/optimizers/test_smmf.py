@@ -10,9 +10,20 @@ import torch
 from torch import nn
 from toy_model import toy, toy_loss, train
 
+from optbench.param_groups import decayed_names
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
-from optbench.optimizers.smmf import SMMF, build_smmf, pack_signs, rank1_nnmf, square_matricize, unpack_signs
+from optbench.optimizers import smmf
+from optbench.optimizers.smmf import (
+    SMMF,
+    build_smmf,
+    factorizes,
+    pack_signs,
+    rank1_nnmf,
+    smmf_param_state_bytes,
+    square_matricize,
+    unpack_signs,
+)
 
 
 @pytest.mark.parametrize(("numel", "shape"), [(1, (1, 1)), (36, (6, 6)), (12, (4, 3)), (13, (13, 1)),
@@ -27,6 +38,9 @@ def test_sign_pack_round_trip(numel: int) -> None:
     packed = pack_signs(bits)
     assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(numel / 8)
     assert torch.equal(unpack_signs(packed, numel), bits)
+    # bit i of byte j is element 8j+i, so a block of rows packs into whole bytes of its own
+    if numel >= 16:
+        assert torch.equal(packed[1:2], pack_signs(bits[8:16]))
 
 
 def test_rank1_nnmf_closed_form() -> None:
@@ -34,6 +48,8 @@ def test_rank1_nnmf_closed_form() -> None:
     r, c = rank1_nnmf(a)
     assert torch.allclose(torch.outer(r, c), torch.outer(a.sum(1), a.sum(0)) / a.sum())
     assert c.shape == (3,) and torch.allclose(c.sum(), torch.tensor(1.0))  # the shorter one is normalized
+    r, c = rank1_nnmf(a.T)
+    assert r.shape == (3,) and torch.allclose(r.sum(), torch.tensor(1.0))
     r, c = rank1_nnmf(-a, absolute=True)
     assert torch.allclose(torch.outer(r, c), torch.outer(a.sum(1), a.sum(0)) / a.sum())
     r, c = rank1_nnmf(torch.zeros(4, 4))
@@ -41,35 +57,53 @@ def test_rank1_nnmf_closed_form() -> None:
 
 
 def dense_smmf(model: nn.Module, steps: int, lr: float, beta: float, eps: float, weight_decay: float, decay_rate: float,
-               growth_rate: float, mode: str = "adamw", vector_reshape: bool = True) -> None:
-    """The paper's algorithm on dense matrices with a bool sign, one tensor at a time."""
-    wd = weight_decay
+               growth_rate: float, mode: str = "adamw", vector_reshape: bool = True,
+               loss_fn=toy_loss) -> None:
+    """The paper's algorithm on dense matrices with a bool sign, one tensor at a time.
+
+    Weight decay reaches the tensors optbench's policy decays (2+ dims on these models). A tensor
+    whose squeezed shape is 1-D, without vector_reshape, takes the unfactorized update (the
+    reference's ``_adam``)."""
+    decayed = decayed_names(model)
     state: dict[str, dict] = {}
     for step in range(steps):
         model.zero_grad()
-        toy_loss(model, step).backward()
+        loss_fn(model, step).backward()
         t = step + 1
+        b1 = beta * growth_rate ** (t - 1)
+        b2 = 1 - t**decay_rate
         with torch.no_grad():
             for name, p in model.named_parameters():
-                n, m = (p.numel(), 1) if p.ndim == 1 and not vector_reshape else square_matricize(p.numel())
-                s = state.setdefault(name, {"rm": torch.zeros(n), "cm": torch.zeros(m), "rv": torch.zeros(n),
-                                            "cv": torch.zeros(m), "sign": torch.zeros(n, m, dtype=torch.bool)})
+                wd = weight_decay if name in decayed else 0.0
+                if not vector_reshape and len(p.squeeze().shape) == 1:
+                    n, m = p.numel(), 1
+                else:
+                    n, m = square_matricize(p.numel())
+                s = state.setdefault(name, {"mom": torch.zeros(n, m), "var": torch.zeros(n, m)})
                 g = p.grad.reshape(n, m).clone()
                 if mode == "adam":
                     g += wd * p.reshape(n, m)
-                m_hat = torch.where(s["sign"], 1.0, -1.0) * torch.outer(s["rm"], s["cm"])
-                v_hat = torch.outer(s["rv"], s["cv"])
-                b1 = beta * growth_rate ** (t - 1)
-                b2 = 1 - t**decay_rate
-                mom = b1 * m_hat + (1 - b1) * g
-                var = b2 * v_hat + (1 - b2) * g * g
-                s["sign"] = mom > 0
-                for key, mat in (("m", mom.abs()), ("v", var)):
-                    rows, cols, total = mat.sum(1), mat.sum(0), mat.sum()
-                    s["r" + key], s["c" + key] = (rows / total, cols) if n <= m else (rows, cols / total)
+                mom = b1 * s["mom"] + (1 - b1) * g
+                var = b2 * s["var"] + (1 - b2) * g * g
+                if m == 1 and not vector_reshape:  # plain Adam: the moments are kept as they are
+                    s["mom"], s["var"] = mom, var
+                else:  # compressed: sign and rank-1 factors, as the paper keeps them
+                    s["mom"] = torch.where(mom > 0, 1.0, -1.0) * rank1(mom.abs())
+                    s["var"] = rank1(var)
                 if mode == "adamw":
                     p.mul_(1 - lr * wd)
                 p.sub_(lr * (mom / (var.sqrt() + eps)).reshape(p.shape))
+
+
+def rank1(matrix: torch.Tensor) -> torch.Tensor:
+    total = matrix.sum()
+    return torch.outer(matrix.sum(1), matrix.sum(0)) / total if total > 0 else torch.zeros_like(matrix)
+
+
+def assert_close(model: nn.Module, ref: nn.Module, rtol: float) -> None:
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        err = ((p - q).norm() / q.norm()).item()
+        assert err < rtol, f"{name}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize(("mode", "vector_reshape"), [("adamw", True), ("adam", False)])
@@ -79,11 +113,60 @@ def test_equals_dense_reference(mode: str, vector_reshape: bool) -> None:
     opt = build_smmf(model, 1e-2, weight_decay_mode=mode, vector_reshape=vector_reshape, **kw)
     train(model, opt, 6)
     dense_smmf(ref, 6, 1e-2, mode=mode, vector_reshape=vector_reshape, **kw)
-    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
-        err = ((p - q).norm() / q.norm()).item()
-        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+    assert_close(model, ref, 1e-5)
     state = opt.state[model.conv.weight]  # 54 elements -> (9, 6)
     assert state["row_m"].shape == (9,) and state["col_v"].shape == (6,) and state["sign"].numel() == 7
+
+
+class Singletons(nn.Module):
+    """Tensors whose squeezed shape is 1-D: (1, 48), (48, 1), (1, 1, 40); and a real matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.row = nn.Parameter(torch.randn(1, 48, generator=g))
+        self.col = nn.Parameter(torch.randn(48, 1, generator=g))
+        self.deep = nn.Parameter(torch.randn(1, 1, 40, generator=g))
+        self.matrix = nn.Parameter(torch.randn(6, 8, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.row.T + x @ self.col).tanh().sum() + (self.deep.sin() * x[:, :40].mean()).sum() \
+            + (self.matrix @ x[:, :8].T).square().mean()
+
+
+def singleton_loss(model: Singletons, step: int) -> torch.Tensor:
+    return model(torch.randn(4, 48, generator=torch.Generator().manual_seed(step)))
+
+
+@pytest.mark.parametrize("vector_reshape", [False, True])
+def test_singleton_dims_decide_on_the_squeezed_shape(vector_reshape: bool) -> None:
+    """Without vector_reshape, the reference gives (1, 48), (48, 1) and (1, 1, 40) plain Adam (they
+    squeeze to 1-D); factorizing their unsqueezed shape instead differs by 14-28% from step 2."""
+    model, ref = Singletons(), Singletons()
+    kw = dict(beta=0.9, eps=1e-8, weight_decay=0.05, decay_rate=-0.8, growth_rate=0.99)
+    opt = build_smmf(model, 1e-2, vector_reshape=vector_reshape, **kw)
+    train(model, opt, 5, loss_fn=singleton_loss)
+    dense_smmf(ref, 5, 1e-2, vector_reshape=vector_reshape, loss_fn=singleton_loss, **kw)
+    assert_close(model, ref, 1e-5)
+    for p in (model.row, model.col, model.deep):
+        assert factorizes(p.shape, vector_reshape) == vector_reshape
+        assert ("exp_avg" in opt.state[p]) == (not vector_reshape)
+    assert "sign" in opt.state[model.matrix] and factorizes((1, 1), False)  # squeezes to 0-D: factorized
+    assert optimizer_state_bytes(opt) == sum(smmf_param_state_bytes(p, vector_reshape) for p in model.parameters())
+    if not vector_reshape:
+        assert smmf_param_state_bytes(model.deep, False) == 2 * 40 * 4
+
+
+def test_blocks_of_rows_equal_the_whole_matrix(monkeypatch) -> None:
+    """The eager step works on blocks of rows; with blocks of 8 rows it must equal one block."""
+    model, ref = toy(), toy()
+    opt, whole = build_smmf(model, 1e-2, weight_decay=0.05), build_smmf(ref, 1e-2, weight_decay=0.05)
+    train(ref, whole, 4)
+    monkeypatch.setattr(smmf, "CHUNK_ELEMENTS", 8)  # conv (9, 6) and lin (9, 8): blocks of 8 rows and 1
+    train(model, opt, 4)
+    assert_close(model, ref, 1e-6)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(opt.state[p]["sign"], whole.state[q]["sign"])
 
 
 def test_state_dict_round_trip_continues_identically() -> None:
@@ -136,3 +219,17 @@ def test_registration_and_state_bytes() -> None:
     # conv 54 -> (9,6); lin 72 -> (9,8); conv bias 3 -> (3,1); lin bias 6 -> (3,2); prime 13 -> (13,1); ...
     expected = sum(8 * sum(square_matricize(p.numel())) + math.ceil(p.numel() / 8) for p in model.parameters())
     assert measured == expected
+    assert spec.bound_bytes_per_param == 12.25
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(monkeypatch) -> None:
+    monkeypatch.setenv("OPTBENCH_COMPILE", "1")
+    model, ref = toy(), toy()
+    opt = build_smmf(model, 1e-2, weight_decay=0.05, decay_rate=-0.8)
+    eager = build_smmf(ref, 1e-2, weight_decay=0.05, decay_rate=-0.8, compile=False)
+    assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
+    train(model, opt, 5)
+    train(ref, eager, 5)
+    assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
+    assert_close(model, ref, 1e-6)
