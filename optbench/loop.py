@@ -15,10 +15,12 @@ One step, in order (nanoGPT's loop, written once)::
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
-A caller that must see inside the step passes a :class:`StepWatch`: it can wrap the forward
-in a context (the memory pass's fallback counts saved tensors so) and is told when the
-gradients are ready and when ``optimizer.step()`` has returned (the timed pass reads its
-clocks there; a test may edit gradients there).
+``TrainingStep.gradients`` is the step's first half alone (forward, backward, clipping), for a
+benchmark that times ``optimizer.step()`` on real gradients. A caller that must see inside the
+step passes a :class:`StepWatch`: it can wrap the forward in a context (the memory pass's
+fallback counts saved tensors so) and is told when the gradients are ready and when
+``optimizer.step()`` has returned (the timed pass reads its clocks there; a test may edit
+gradients there).
 """
 
 from __future__ import annotations
@@ -94,16 +96,25 @@ class TrainingStep:
         """Train ``model`` on ``batch`` as step ``step`` (1-based); return the loss, detached."""
         if self.schedule is not None:
             apply_lr(optimizer, self.schedule.factor(step, self.total_steps))
+        loss = self.gradients(model, batch, watch)
+        watch.grads_ready()
+        optimizer.step()
+        watch.stepped()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def gradients(self, model: nn.Module, batch: Any, watch: StepWatch = NO_WATCH) -> torch.Tensor:
+        """The first half of the step: forward, backward, clipping; leaves ``.grad`` in place.
+
+        For a benchmark that times ``optimizer.step()`` alone on real gradients; training calls
+        the whole step. Returns the loss, detached.
+        """
         device = _device_of(model) if self.autocast_dtype is not None else "cpu"
         with autocast(device, self.autocast_dtype), watch.forward():
             loss = self.loss_fn(model, batch)
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-        watch.grads_ready()
-        optimizer.step()
-        watch.stepped()
-        optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
 

@@ -92,3 +92,14 @@ def test_timed_and_memory_pass_run_the_same_step_clipping_included(monkeypatch):
     assert {s for s, _ in timed} == {s for s, _ in memory} and len({s for s, _ in timed}) == 1
     assert timed[0][0].grad_clip == 0.25 and timed[0][0].schedule == smoke.schedule
     assert clip_norms == [0.25] * (smoke.steps + runner.MEMORY_PASS_STEPS)
+
+
+def test_gradients_is_the_first_half_of_the_step():
+    model, batch = model_and_batch()
+    twin = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+    twin.load_state_dict(model.state_dict())
+    step = TrainingStep(xent, grad_clip=0.1)
+    step.gradients(model, batch)
+    seen = GradNorms(twin)
+    step(twin, torch.optim.SGD(twin.parameters(), lr=0.0), batch, watch=seen)
+    assert float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()) == pytest.approx(seen.norms[0])
