@@ -38,10 +38,10 @@ from optbench.records import (
     canonical,
     file_digest,
 )
-from optbench.store import Decision, ReusePolicy, RunStore
 from optbench.spec import Budget, OptimizerSpec, TaskInstance, TaskSpec
 from optbench.state import optimizer_state_bytes
 from optbench.state_check import StateBytesCheck, check_state_formula
+from optbench.store import Decision, ReusePolicy, RunStore
 
 if TYPE_CHECKING:
     from optbench.executors import Executor
