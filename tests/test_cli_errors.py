@@ -83,6 +83,16 @@ def test_check_json_and_report_out_must_be_writable(tmp_path, capsys):
     assert_usage_error(code, err, "--out", "is a file")
 
 
+def test_sweep_out_and_table_must_be_writable(tmp_path, capsys):
+    sweep = ["sweep", "--task", "digits-mlp", "--optimizers", "adamw", "--preset", "smoke", "--no-progress",
+             "--runs-dir", str(tmp_path / "runs")]
+    code, _, err = cli_main([*sweep, "--out", "/proc/optbench-no-such-dir"], capsys)
+    assert_usage_error(code, err, "--out", "not writable")
+    code, _, err = cli_main([*sweep, "--out", str(tmp_path / "out"), "--table", str(tmp_path)], capsys)
+    assert_usage_error(code, err, "--table", "is a folder")
+    assert no_records(tmp_path / "runs")
+
+
 # ---------------------------------------------------------------------------------------------
 # 8: devices
 

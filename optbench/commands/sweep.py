@@ -14,6 +14,8 @@ from optbench.commands._common import (
     float_list,
     int_list,
     load_plugins,
+    writable_dir,
+    writable_file,
 )
 from optbench.sweep import Protocol
 
@@ -63,13 +65,16 @@ def run(args: argparse.Namespace) -> int:
     protocol = Protocol(points=args.points, ratio=args.ratio, seeds=tuple(args.seeds),
                         max_extensions=args.max_extensions)
     optimizers = expand_optimizers(args.optimizers, args.device or "cpu")
+    table = None if args.no_write_table else Path(args.table or TUNED_LRS_PATH)
+    writable_dir(args.out, "--out")  # before any run, as the table below
+    if table is not None:
+        writable_file(table, "--table")
     executor = executor_from_args(args)
     try:
         results = sweep(args.task, optimizers, preset=args.preset, runs_dir=args.runs_dir, protocol=protocol,
                         lrs=args.lrs, progress=not args.no_progress, device=args.device, executor=executor)
     finally:
         executor.close()
-    table = None if args.no_write_table else Path(args.table or TUNED_LRS_PATH)
     if table is not None:
         update_table(results, args.task, args.preset, table)
     paths = publish_task(results, args.task, args.preset, command_line("sweep"), args.out, table=table,
