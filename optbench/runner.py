@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from optbench.executors import Executor
 
 MEMORY_PASS_STEPS = 2
+UNAVAILABLE = "unavailable: "  # how the error of a cell that cannot run here begins
 
 
 class Diverged(Exception):
@@ -241,7 +242,7 @@ def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = No
         return _record(run, started, error=not_run)
     reason = run.optimizer.unavailable_for(run.task.name, run.device) or run.task.requires.unmet(run.device)
     if reason:
-        return _record(run, started, error=f"unavailable: {reason}")
+        return _record(run, started, error=f"{UNAVAILABLE}{reason}")
     try:
         trained = _train_cell(run)
     except Exception as exc:  # noqa: BLE001 - a failing optimizer or task is a result, not a crash
@@ -386,8 +387,13 @@ class GridOutcome:
 
     @property
     def errored(self) -> list[dict]:
-        """Every record of the grid that is an error, run now or reused, once each."""
-        unique = {r.get("run_key") or id(r): r for r in self.records if r["status"] == "error"}
+        """Every run of the grid that failed (an error record, run now or reused), once each.
+
+        A cell whose optimizer or task cannot run here (``unavailable: ...``) is listed as not ok
+        but did not fail: it never ran.
+        """
+        unique = {r.get("run_key") or id(r): r for r in self.records
+                  if r["status"] == "error" and not r["error"].startswith(UNAVAILABLE)}
         return list(unique.values())
 
 

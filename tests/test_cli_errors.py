@@ -225,6 +225,22 @@ def test_a_failed_run_exits_1_and_a_rerun_counts_it(tmp_path, capsys):
     assert "[reused]" in out and "--rerun-failed" in out
 
 
+def test_a_cell_that_cannot_run_here_is_listed_but_is_not_a_failure(tmp_path, capsys):
+    plugin = tmp_path / "elsewhere.py"
+    plugin.write_text(textwrap.dedent("""
+        import torch
+        from optbench.registry import register_optimizer
+        from optbench.spec import OptimizerSpec, Requirements
+
+        register_optimizer(OptimizerSpec(
+            name="test-elsewhere", build=lambda model, lr: torch.optim.SGD(model.parameters(), lr=lr),
+            requires=Requirements(check=lambda: "needs a machine we do not have")))
+    """))
+    code, out, _ = cli_main(["run", "--optimizers", "test-elsewhere", "--plugin", str(plugin), "--runs-dir",
+                             str(tmp_path / "r"), *SMOKE], capsys)
+    assert code == 0 and "1 not ok" in out and "unavailable: needs a machine we do not have" in out
+
+
 # ---------------------------------------------------------------------------------------------
 # 12: a closed pipe
 
