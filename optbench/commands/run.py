@@ -1,8 +1,9 @@
 """``optbench run``: run a grid of (task, optimizer, seed) cells, resumably, one JSON record each.
 
 Exit status: 0 when every cell's record is ok or diverged (a divergence is a result), 1 when
-any cell's record is an error, run now or reused from an earlier grid (``--rerun-failed``
-retries those), 2 a usage error, found before anything runs.
+any run failed (an error record, run now or reused from an earlier grid: ``--rerun-failed``
+retries those; a cell that cannot run here is listed, not failed), 2 a usage error, found
+before anything runs.
 """
 
 from __future__ import annotations
