@@ -312,12 +312,14 @@ def write_outputs(rows: list[dict], hw: dict, out: Path, preset: str, command: s
         "| max allocated MiB | max reserved MiB | syncs step 1 | syncs/step | sync kinds |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    def ratio(r: dict, k: str) -> str:
+        return f"{r[k]:.2f}" if r.get(k) else ""
+
     for r in rows:
-        ratio = lambda k: f"{r[k]:.2f}" if r.get(k) else ""  # noqa: E731
         syncs = "" if r.get("syncs_per_step") is None else f"{r['syncs_per_step']:g}"
         lines.append(
             f"| {r['task']} | {r['optimizer']} | {r['status']} | {_ms(r.get('opt_step_s'))} | "
-            f"{ratio('opt_step_s_vs_adamw')} | {_ms(r.get('step_s'))} | {ratio('step_s_vs_adamw')} | "
+            f"{ratio(r, 'opt_step_s_vs_adamw')} | {_ms(r.get('step_s'))} | {ratio(r, 'step_s_vs_adamw')} | "
             f"{_mib(r.get('state_bytes'))} | {_mib(r.get('tracked_peak_bytes'))} | "
             f"{_mib(r.get('cuda_max_allocated'))} | {_mib(r.get('cuda_max_reserved'))} | "
             f"{r.get('syncs_step_1', '')} | {syncs} | {r.get('sync_kinds', '')} |")
@@ -335,7 +337,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=None, help="comma-separated GPU-tier tasks (default: all)")
     parser.add_argument("--optimizers", default=None, help="comma-separated optimizers (default: all)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help=f"start no cell after this many seconds (default {DEFAULT_BUDGET_S:g} on cuda, none on cpu)")
+                        help=f"start no cell after this many seconds (default {DEFAULT_BUDGET_S:g} on cuda, "
+                             "none on cpu)")
     parser.add_argument("--retry-crashed", action="store_true", help="run again the cells whose worker died")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file that registers extra optimizers, checked too (repeatable)")

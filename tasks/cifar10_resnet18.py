@@ -19,12 +19,12 @@ results/ with the command that made them.
 from __future__ import annotations
 
 import torch
+from optbench.tasks import cifar10_data
 from torch import nn
 
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, Requirements, TaskInstance, TaskSpec
-from optbench.tasks import cifar10_data
 
 SMOKE_TEST_IMAGES = 32  # a ResNet forward on 32x32 costs ~0.25 GMAC per image even when shrunk
 

@@ -20,11 +20,11 @@ notes. Figures of GPU runs are published under results/ with the command that ma
 from __future__ import annotations
 
 import torch
+from optbench.tasks._text import bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
+from optbench.tasks._transformer import GPT, with_info
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._text import bits_per_byte_evaluator, eval_windows, load_corpus, next_byte_loss, random_windows
-from optbench.tasks._transformer import GPT, with_info
 
 FULL = {"vocab": 50304, "context": 1024, "n_layers": 12, "d_model": 768, "n_heads": 12, "d_mlp": 3072}
 SMOKE = {"vocab": 256, "context": 64, "n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256}

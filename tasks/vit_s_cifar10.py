@@ -19,11 +19,11 @@ results/ with the command that made them.
 from __future__ import annotations
 
 import torch
+from optbench.tasks import cifar10_data
+from optbench.tasks._transformer import ViT, with_info
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks import cifar10_data
-from optbench.tasks._transformer import ViT, with_info
 
 FULL = {"patch": 4, "n_layers": 12, "d_model": 384, "n_heads": 6, "d_mlp": 1536}
 SMOKE = {"patch": 4, "n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fake_cuda import cpu_generators_for_device_tensors, fake_cuda, fake_training_steps
+
 from optbench.registry import get_optimizer, optimizers, tasks
 from optbench.state import state_tensors
 
@@ -76,8 +76,9 @@ def rules_for_the_test(task: str, preset: str, rules_dir: Path) -> None:
     write the static role rules in their place, so that slimadam-snr's own path runs."""
     import json
 
-    from optbench.model_info import get_model_info
     from optbench.optimizers.slimadam import static_rules
+
+    from optbench.model_info import get_model_info
 
     with fake_cuda():
         model = tasks()[task].instantiate(preset, 0, "cuda").model

@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from fake_cuda import fake_cuda
+from optbench.tasks import cifar10_data, gpt2_small
+
 from optbench.errors import UsageError
 from optbench.registry import GPU_PRESETS, PRESETS, get_task, tasks
-from optbench.tasks import cifar10_data, gpt2_small
 
 GPU_TASKS = sorted(name for name, spec in tasks().items() if spec.tier == "gpu")
 needs_cuda_build = pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="no CUDA build of torch to fake")
@@ -132,8 +132,9 @@ def test_the_cli_refuses_cuda_without_cuda_in_one_line(argv, monkeypatch, tmp_pa
 def test_slimadam_snr_without_rules_is_unavailable_for_the_task_with_a_command_that_parses(task):
     import shlex
 
-    from optbench.cli import build_parser
     from optbench.optimizers.slimadam import snr_rules_path
+
+    from optbench.cli import build_parser
     from optbench.registry import get_optimizer
 
     reason = get_optimizer("slimadam-snr").unavailable_for(task)
@@ -155,8 +156,9 @@ def test_a_run_of_slimadam_snr_on_a_task_without_rules_is_an_unavailable_record(
 def test_the_command_slimadam_snr_suggests_makes_the_rules_it_needs(tmp_path, monkeypatch):
     import shlex
 
-    from optbench.cli import main
     from optbench.optimizers import slimadam
+
+    from optbench.cli import main
     from optbench.registry import get_optimizer
 
     monkeypatch.setattr(slimadam, "RULES_DIR", tmp_path / "rules")
