@@ -478,6 +478,7 @@ register_optimizer(
                   "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "alpha": 0.0, "quantize_error": True,
                   "impl": "torch", "compile": False},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         # Per element, at the defaults (m = 10, k_init = 0.01): read the gradient, read and write the
         # parameter (12 bytes in float32), read and write the 4-bit error (0.5 + 0.5) and read the
         # window, m·k_init·(2 index + 2 value) = 0.4 bytes: 13.4.

@@ -368,6 +368,7 @@ register_optimizer(
         defaults={"beta": 0.9, "eps": 1e-8, "weight_decay": 0.0, "decay_rate": -0.5, "growth_rate": 0.999,
                   "vector_reshape": True, "weight_decay_mode": "adamw", "compile": False},
         default_lr=1e-3,
+        lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         # Per element, a step must read the parameter and its gradient and write the parameter
         # (4 + 4 + 4 bytes in float32) and read and write the packed sign (1/8 + 1/8); the factors
         # are O(sqrt(N)).
