@@ -96,3 +96,18 @@ def test_bad_adjust_lr_fn_names_the_accepted_ones():
 
 def test_is_one_optimizer():
     assert isinstance(build_muon(build_model(), 1e-3), (MuonWithAdamW, torch.optim.Optimizer))
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (48, 48)])
+def test_match_rms_adamw_gives_an_update_rms_near_a_fifth_of_lr_whatever_the_shape(shape):
+    # Moonlight's rule: 0.2 * sqrt(max(A, B)) x lr on an orthogonalized update (RMS about 1/sqrt(max(A, B)))
+    # gives an update RMS of about 0.2 lr, AdamW's typical one: so the task's AdamW lr serves both parts.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(shape[1], shape[0], bias=False))
+    lr = 1e-2
+    opt = build_muon(model, lr, weight_decay=0.0)
+    before = model[0].weight.detach().clone()
+    model[0].weight.grad = torch.randn(shape)
+    opt.step()
+    rms = (model[0].weight.detach() - before).square().mean().sqrt().item()
+    assert 0.15 * lr < rms < 0.25 * lr, rms / lr  # "original" gives 0.11-0.23 lr on these shapes
