@@ -145,6 +145,17 @@ def judge_task(task: str, candidate: Sequence[Mapping[str, Any]], baseline: Sequ
     return verdict
 
 
+NOT_COMPARABLE = ("the runs differ in hardware or in how many runs shared their node (timing.concurrent_runs); "
+                  "--executor local gives comparable step times")
+
+
+def _comparable_timing(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the finished runs' step times compare: same hardware and concurrency (``env.timing_key``)."""
+    from optbench.env import timing_key  # env imports torch; the gate's statistics do not need it
+
+    return len({timing_key(dict(r)) for r in records if r["status"] == "ok"}) <= 1
+
+
 def _judge_costs(verdict: TaskVerdict, candidate: Sequence[Mapping[str, Any]],
                  baseline: Sequence[Mapping[str, Any]], gates: Gates) -> None:
     def state(records):  # identical across seeds for every sane optimizer; the max is the safe side
@@ -159,13 +170,20 @@ def _judge_costs(verdict: TaskVerdict, candidate: Sequence[Mapping[str, Any]],
                                      _median_of(baseline, "timing", "step_s_median"))
     verdict.optimizer_step_time_ratio = _ratio(_median_of(candidate, "timing", "optimizer_step_s_median"),
                                                _median_of(baseline, "timing", "optimizer_step_s_median"))
+    comparable = _comparable_timing([*candidate, *baseline])
+    if not comparable:
+        verdict.step_time_ratio = verdict.optimizer_step_time_ratio = None
+        verdict.flags.append(f"step times not compared: {NOT_COMPARABLE}")
     for name, value, limit, what in (
         ("memory", verdict.state_ratio, gates.max_memory_ratio, "optimizer-state bytes"),
         ("time", verdict.step_time_ratio, gates.max_time_ratio, "median step time"),
     ):
         if limit is None:
             continue
-        if value is None:
+        if name == "time" and not comparable:
+            verdict.verdict = "FAIL"
+            verdict.reasons.append(f"--max-time-ratio given but {NOT_COMPARABLE}")
+        elif value is None:
             verdict.verdict = "FAIL"
             verdict.reasons.append(f"--max-{name}-ratio given but the {what} were not recorded")
         elif value > limit:

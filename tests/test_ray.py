@@ -197,3 +197,22 @@ def test_step_times_compare_within_the_same_hardware_and_concurrency():
     alone = {"env": env, "timing": {"step_s_median": 0.1}}  # written before executors: ran alone
     assert timing_key(alone) == timing_key({"env": env, "timing": {"concurrent_runs": 1}})
     assert timing_key(alone) != timing_key({"env": env, "timing": {"concurrent_runs": 2}})
+
+
+def test_the_gate_compares_step_times_only_at_the_same_concurrency():
+    from optbench.gate import Gates, judge_task
+
+    def record(seed: int, together: int, step_s: float) -> dict:
+        return {"seed": seed, "status": "ok", "error": None, "diverged_at_step": None, "hparams": {"lr": 1e-3},
+                "metrics": {"final_metric": 0.5, "metric_name": "loss", "higher_is_better": False},
+                "memory": {"optimizer_state_bytes": 100, "peak_bytes": None},
+                "timing": {"step_s_median": step_s, "optimizer_step_s_median": step_s / 2,
+                           "concurrent_runs": together}}
+
+    base = [record(0, 1, 0.01), record(1, 1, 0.01)]
+    alone = judge_task("digits-mlp", [record(0, 1, 0.02), record(1, 1, 0.02)], base, Gates())
+    assert alone.step_time_ratio == pytest.approx(2.0) and not alone.flags
+    shared = judge_task("digits-mlp", [record(0, 2, 0.02), record(1, 1, 0.02)], base, Gates(max_time_ratio=3))
+    assert shared.step_time_ratio is None and shared.optimizer_step_time_ratio is None
+    assert shared.verdict == "FAIL" and "concurrent_runs" in shared.reasons[0]
+    assert any("step times not compared" in flag for flag in shared.flags)
