@@ -177,6 +177,8 @@ class RayExecutor:
         settings = dataclasses.replace(settings, threads=self.threads or settings.threads or torch.get_num_threads())
         device_type = torch.device(settings.device).type
         gpus = 1 if device_type == "cuda" else 0
+        if gpus:  # Ray shows each run only the GPU it was given: its first, whatever index the driver named
+            settings = dataclasses.replace(settings, device="cuda")
         _check_fits(ray, settings.threads, gpus, local=self.address is None)
         grid, self._grids = self._grids, self._grids + 1
         plugins = [(str(path), path.read_text()) for path in registry.plugin_files()]
