@@ -5,6 +5,8 @@
 indices and bf16 values would come back as float32 (or, worse, int16 indices as bf16, which
 cannot hold them exactly). Optimizers whose state is not in the parameter dtype mix this in.
 It also copies the tensors, where torch would alias those of a live optimizer's state_dict().
+A 0-d ``step`` tensor stays on the CPU, where torch's own Adam keeps it: read there, a step
+count costs no host-device sync.
 """
 
 from __future__ import annotations
@@ -29,4 +31,5 @@ class KeepStateDtypes:
             for key, value in saved.items():
                 if isinstance(value, torch.Tensor):
                     # A copy: the dict may hold another optimizer's live tensors (torch would alias them).
-                    state[key] = value.detach().to(device=param.device, copy=True)
+                    device = "cpu" if key == "step" and value.dim() == 0 else param.device
+                    state[key] = value.detach().to(device=device, copy=True)

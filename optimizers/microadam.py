@@ -50,11 +50,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
-
-from optbench.param_groups import decay_groups, flat_params
-from optbench.registry import register_optimizer
-from optbench.spec import OptimizerSpec
 from optbench.optimizers._common import (
     bias_correction,
     check_betas,
@@ -68,6 +63,11 @@ from optbench.optimizers._common import (
     trainable,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from torch import nn
+
+from optbench.param_groups import decay_groups, flat_params
+from optbench.registry import register_optimizer
+from optbench.spec import OptimizerSpec
 
 INT16_BLOCK_LIMIT = 32768  # indices 0..32767 fit int16
 IMPLS = ("torch", "official")
@@ -256,13 +256,11 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
 
     # The window's moments on its support, through the same buffer (zeroed there first).
     support = global_indices(indices, topk).view(-1)
-    weighted = values.float()
-    a.index_fill_(0, support, 0.0).index_add_(0, support, (weighted * window_weights(step, window, b1, p.device)
-                                                           .unsqueeze(1)).view(-1))
-    first = a[support]
-    a.index_fill_(0, support, 0.0).index_add_(0, support, (weighted.square_() * window_weights(step, window, b2, p.device)
-                                                           .unsqueeze(1)).view(-1))
-    update = first.div_(bias_correction(b1, step)).div_(a[support].div_(bias_correction(b2, step)).sqrt_().add_(eps))
+    window_values = values.float()
+    first = _sum_on_support(a, support, window_values * window_weights(step, window, b1, p.device).unsqueeze(1))
+    second = _sum_on_support(a, support, window_values.square_() * window_weights(step, window, b2, p.device)
+                             .unsqueeze(1))
+    update = first.div_(bias_correction(b1, step)).div_(second.div_(bias_correction(b2, step)).sqrt_().add_(eps))
     del a
 
     p.mul_(decay)
@@ -272,6 +270,13 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
             p[lo:hi].add_(e, alpha=-lr * alpha)
             ErrorFeedback.write(error, e.mul_(1 - alpha), lo, hi, qbs)
     p.index_put_((support,), p[support].sub_(update, alpha=lr))  # repeated indices carry equal values
+
+
+def _sum_on_support(buffer: torch.Tensor, support: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
+    """For each window entry, the sum of the weighted values the window holds at its index: a
+    scatter-add into ``buffer`` (zeroed at the support only) read back at the support."""
+    buffer.index_fill_(0, support, 0.0).index_add_(0, support, weighted.view(-1))
+    return buffer[support]
 
 
 def microadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple], layout: tuple,

@@ -6,10 +6,16 @@ compression axes K (a tuple of dims, or ``None``)::
 
     m = b1*m + (1-b1)*g                              (full size)
     v = b2*v + (1-b2)*mean(g*g, dim=K, keepdim=True) (keepdim, broadcasts against m)
-    p = p*(1 - lr*wd)                                (decoupled, tensors with >= 2 dims only)
+    p = p*(1 - lr*wd)                                (decoupled; the tensors optbench's policy decays)
     p = p - lr * m_hat / (sqrt(v_hat) + eps)         (both moments bias-corrected)
 
-With ``K = None`` everywhere this is AdamW (on >= 2-d tensors for the decay).
+With ``K = None`` everywhere this is AdamW. Weight decay follows ``optbench.param_groups``
+(matrices and embeddings, not norms or biases: the reference's ">= 2 dims" rule, by role).
+
+The step is one function over every tensor (``slimadam_step``), compiled by default
+(``optbench.optimizers._common.run_step``); the eager path does the same math with
+multi-tensor (``torch._foreach_*``) ops. Step counts are 0-d float32 tensors on the CPU, as
+torch's own Adam keeps them, so reading them costs no host-device sync.
 
 Axes come from one of:
 - static rules by layer role (the paper's Table 1; see ``ROLE_AXES``), built by
@@ -26,28 +32,39 @@ baseline compare optimizers, not recipes.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from optbench.optimizers._common import (
+    STEP_BYTES,
+    bias_correction,
+    check_betas,
+    check_lr,
+    check_nonnegative,
+    decay_factor,
+    ema_,
+    initial_impl,
+    run_step,
+)
+from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from torch import nn
 
 from optbench.model_info import ModelInfo, get_model_info
+from optbench.param_groups import split_decay
 from optbench.registry import register_optimizer
-from optbench.spec import OptimizerSpec, Requirements
-from optbench.optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative
-from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from optbench.rules import COMPILE_PREFIX, canonical_name, compressed_shape  # noqa: F401 (re-exported)
 from optbench.rules import read_rules as load_rules  # the one rules reader, shared with optbench.snr
+from optbench.spec import OptimizerSpec, Requirements
 
 Axes = tuple[int, ...] | None
 RULES_DIR = Path(__file__).parent / "rules"
 
 # Which axes the paper's Table 1 averages for each optbench role. "fan_in" = every dim but 0
-# (dim 1 of an (out, in) weight; in-channel and kernel dims of a conv), "fan_out" = dim 0,
-# "feature" = the last dim (one value per token / position of an embedding), None = keep full.
+# (dim 1 of an (out, in) weight), "fan_out" = dim 0, "in_channels" = dim 1 only (a conv's input
+# channels; its kernel positions keep their own values), "feature" = the last dim (one value per
+# token / position of an embedding), None = keep full.
 ROLE_AXES: dict[str, str | None] = {
     "query": "fan_in",  # Table 1: query, key -> fan-in
     "key": "fan_in",
@@ -60,8 +77,10 @@ ROLE_AXES: dict[str, str | None] = {
     "pos_embedding": "feature",  # Table 1: position embedding -> one value per position
     "head": "fan_in",  # Table 1: LM head -> fan-in
     "classifier": "fan_in",  # Table 1: classification layer -> fan-in
-    "conv_in": "fan_in",  # Table 1: vision first layer -> fan-in
-    "conv": "fan_in",  # not in Table 1: treated like the vision first layer (a choice)
+    # Table 1: vision first layer -> fan-in. The reference code's rule for it is dims (1,) (utils/slimadam.py,
+    # DEFAULT_COMPRESSION_RULES["vision_first"]): input channels only, not the kernel dims.
+    "conv_in": "in_channels",
+    "conv": "in_channels",  # not in Table 1: treated like the vision first layer (a choice)
     "linear": "fan_out",  # not in Table 1: a generic hidden linear, treated like an MLP layer (a choice)
     "recurrent": None,  # not in Table 1: kept full rather than guessed
     "norm": None,  # Table 1: norms are never compressed
@@ -77,9 +96,11 @@ def _kind_to_axes(kind: str | None, ndim: int) -> Axes:
         return (0,)
     if kind == "fan_in":
         return tuple(range(1, ndim))
+    if kind == "in_channels":
+        return (1,)
     if kind == "feature":
         return (ndim - 1,)
-    raise ValueError(f"unknown axis kind {kind!r}; known: fan_in, fan_out, feature")
+    raise ValueError(f"unknown axis kind {kind!r}; known: fan_in, fan_out, in_channels, feature")
 
 
 def static_rules(info: ModelInfo, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Axes]:
@@ -129,36 +150,38 @@ def mean_square(grad: torch.Tensor, axes: Axes) -> torch.Tensor:
 
 
 class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
-    """SlimAdamW over ``params`` with one compression-axes entry per parameter.
+    """SlimAdamW; every param group carries ``compress_axes``, one entry per parameter (None = full).
 
-    ``axes`` is a list aligned with ``params`` (``None`` = full second moment). It is stored in
-    the param group (``compress_axes``), so it travels with ``state_dict``.
-    ``compile=True`` runs the step math through ``torch.compile`` (first call compiles; on
-    failure it warns and stays eager). Compiling happens inside the first step, which the
-    runner's warm-up steps exclude from timing.
+    ``params`` is a list of tensors with ``axes`` aligned to it (one group), or param groups
+    that each hold their own ``compress_axes``. The axes travel with ``state_dict``.
+    ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
+    whether the compiled or the eager step ran.
     """
 
     def __init__(
         self,
-        params: Sequence[torch.Tensor],
-        axes: Sequence[Axes],
+        params: Sequence[torch.Tensor] | Sequence[dict],
+        axes: Sequence[Axes] | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
-        compile: bool = False,
+        compile: bool = True,
     ) -> None:
         check_lr(lr)
         check_betas(betas)
         check_nonnegative(eps=eps, weight_decay=weight_decay)
         params = list(params)
-        axes = [None if a is None else tuple(a) for a in axes]
-        if len(axes) != len(params):
-            raise ValueError(f"axes has {len(axes)} entries for {len(params)} parameters")
+        groups = params if params and isinstance(params[0], dict) else [{"params": params, "compress_axes": axes}]
+        for group in groups:
+            group["params"] = list(group["params"])
+            group_axes = group.get("compress_axes")
+            if group_axes is None or len(group_axes) != len(group["params"]):
+                raise ValueError(f"axes has {len(group_axes or [])} entries for {len(group['params'])} parameters")
+            group["compress_axes"] = [None if a is None else tuple(a) for a in group_axes]
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-        super().__init__([{"params": params, "compress_axes": axes}], defaults)
-        self._compiled: Callable | None = None
-        self._use_compile = bool(compile)
+        super().__init__(groups, defaults)
+        self.optbench_impl = initial_impl(compile)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -166,91 +189,77 @@ class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        params, grads, exp_avgs, exp_avg_sqs, layout, slots = [], [], [], [], [], {}
         for group in self.param_groups:
-            self._step_group(group)
+            (beta1, beta2), lr = group["betas"], float(group["lr"])
+            for p, axes in zip(group["params"], group["compress_axes"], strict=True):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError("SlimAdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)  # on the CPU: read without a sync
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros(compressed_shape(p.shape, axes), dtype=p.dtype, device=p.device)
+                state["step"] += 1
+                t = state["step"].item()
+                scalars = (beta1, beta2, group["eps"], lr / bias_correction(beta1, t),
+                           math.sqrt(bias_correction(beta2, t)), decay_factor(lr, group["weight_decay"]))
+                layout.append((axes, slots.setdefault(scalars, len(slots))))
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+        if params:
+            key = (tuple(layout), tuple((p.shape, p.dtype, p.grad.dtype, p.device) for p in params))
+            run_step(self, slimadam_step, slimadam_step_foreach, key, params, grads, exp_avgs, exp_avg_sqs,
+                     tuple(layout), list(slots))
         return loss
 
-    def _step_group(self, group: dict) -> None:
-        beta1, beta2 = group["betas"]
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        params, grads, ms, vs, axes, steps = [], [], [], [], [], []
-        for p, ax in zip(group["params"], group["compress_axes"], strict=True):
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise ValueError("SlimAdamW does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros(compressed_shape(p.shape, ax), dtype=p.dtype, device=p.device)
-            params.append(p)
-            grads.append(p.grad)
-            ms.append(state["exp_avg"])
-            vs.append(state["exp_avg_sq"])
-            axes.append(ax)
-            steps.append(state["step"])
-        if not params:
-            return
-        torch._foreach_add_(steps, 1.0)
-        counts = [s.item() for s in steps]
-        bc1 = [1 - beta1**t for t in counts]
-        bc2_sqrt = [math.sqrt(1 - beta2**t) for t in counts]
-        decay = [p.ndim >= 2 and wd != 0 for p in params]
-        if self._use_compile:
-            fn = self._compiled_math()
-            scalars = torch.tensor([bc1, bc2_sqrt], dtype=torch.float32, device=params[0].device)
-            try:
-                fn(params, grads, ms, vs, tuple(axes), tuple(decay), beta1, beta2, lr, eps, wd, scalars)
-                return
-            except Exception as exc:  # compile failures (raised while tracing, before any update) fall back
-                warnings.warn(f"SlimAdamW: torch.compile step failed ({exc!r}); continuing eagerly", stacklevel=2)
-                self._use_compile = False
-        slim_adam_foreach(params, grads, ms, vs, axes, decay, beta1, beta2, lr, eps, wd, bc1, bc2_sqrt)
 
-    def _compiled_math(self) -> Callable:
-        if self._compiled is None:
-            self._compiled = torch.compile(slim_adam_loop, dynamic=False)
-        return self._compiled
+def slimadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                  exp_avg_sqs: list[torch.Tensor], layout: tuple, slots: list[tuple[float, ...]]) -> None:
+    """Every tensor's step, one at a time (what ``torch.compile`` fuses).
+
+    ``layout[i]`` = (compression axes, scalar slot) of tensor i; ``slots[j]`` = (b1, b2, eps,
+    lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr*wd).
+    """
+    for p, g, m, v, (axes, slot) in zip(params, grads, exp_avgs, exp_avg_sqs, layout, strict=True):
+        b1, b2, eps, step_size, bc2_sqrt, decay = slots[slot]
+        ema_(m, g, b1)
+        v.mul_(b2).add_(mean_square(g, axes), alpha=1 - b2)
+        p.mul_(decay).addcdiv_(m, v.sqrt().div_(bc2_sqrt).add_(eps), value=-step_size)
 
 
-def slim_adam_foreach(params, grads, ms, vs, axes, decay, beta1, beta2, lr, eps, wd, bc1, bc2_sqrt) -> None:
-    """The eager step: multi-tensor ops on the first moment and grouped work on the rest."""
-    torch._foreach_lerp_(ms, grads, 1 - beta1)
-    full = [i for i, a in enumerate(axes) if a is None]
-    slim = [i for i, a in enumerate(axes) if a is not None]
-    if full:
-        v_full = [vs[i] for i in full]
-        g_full = [grads[i] for i in full]
-        torch._foreach_mul_(v_full, beta2)
-        torch._foreach_addcmul_(v_full, g_full, g_full, 1 - beta2)
-    if slim:
-        v_slim = [vs[i] for i in slim]
-        torch._foreach_mul_(v_slim, beta2)
-        torch._foreach_add_(v_slim, [mean_square(grads[i], axes[i]) for i in slim], alpha=1 - beta2)
-    decayed = [p for p, d in zip(params, decay, strict=True) if d]
-    if decayed:
-        torch._foreach_mul_(decayed, 1 - lr * wd)
-    denom = torch._foreach_sqrt(vs)
-    torch._foreach_div_(denom, bc2_sqrt)
-    torch._foreach_add_(denom, eps)
-    step_size = [-lr / b for b in bc1]
-    if full:
-        torch._foreach_addcdiv_([params[i] for i in full], [ms[i] for i in full], [denom[i] for i in full],
-                                [step_size[i] for i in full])
-    for i in slim:  # the denominator broadcasts: one small tensor per parameter
-        params[i].addcdiv_(ms[i], denom[i], value=step_size[i])
-
-
-def slim_adam_loop(params, grads, ms, vs, axes, decay, beta1, beta2, lr, eps, wd, scalars) -> None:
-    """The same math written per tensor, for ``torch.compile`` to fuse. ``scalars`` = [bc1; sqrt(bc2)]."""
-    for i, (p, g, m, v) in enumerate(zip(params, grads, ms, vs, strict=True)):
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).add_(mean_square(g, axes[i]), alpha=1 - beta2)
-        if decay[i]:
-            p.mul_(1 - lr * wd)
-        denom = (v.sqrt() / scalars[1, i]).add_(eps)
-        p.sub_((m / denom) * (lr / scalars[0, i]))
+def slimadam_step_foreach(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                          exp_avg_sqs: list[torch.Tensor], layout: tuple, slots: list[tuple[float, ...]]) -> None:
+    """The same step eagerly: multi-tensor ops over the tensors that share a slot."""
+    for slot, (b1, b2, eps, step_size, bc2_sqrt, decay) in enumerate(slots):
+        idx = [i for i, (_, s) in enumerate(layout) if s == slot]
+        full = [i for i in idx if layout[i][0] is None]
+        slim = [i for i in idx if layout[i][0] is not None]
+        torch._foreach_lerp_([exp_avgs[i] for i in idx], [grads[i] for i in idx], 1 - b1)
+        v_full, g_full = [exp_avg_sqs[i] for i in full], [grads[i] for i in full]
+        if full:
+            torch._foreach_mul_(v_full, b2)
+            torch._foreach_addcmul_(v_full, g_full, g_full, 1 - b2)
+        if slim:
+            v_slim = [exp_avg_sqs[i] for i in slim]
+            torch._foreach_mul_(v_slim, b2)
+            torch._foreach_add_(v_slim, [mean_square(grads[i], layout[i][0]) for i in slim], alpha=1 - b2)
+        if decay != 1:
+            torch._foreach_mul_([params[i] for i in idx], decay)
+        denom = torch._foreach_sqrt([exp_avg_sqs[i] for i in idx])
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, eps)
+        dense = [k for k, i in enumerate(idx) if i in full]
+        if dense:
+            torch._foreach_addcdiv_([params[idx[k]] for k in dense], [exp_avgs[idx[k]] for k in dense],
+                                    [denom[k] for k in dense], -step_size)
+        for k, i in enumerate(idx):  # a compressed denominator broadcasts: one op per tensor
+            if layout[i][0] is not None:
+                params[i].addcdiv_(exp_avgs[i], denom[k], value=-step_size)
 
 
 # ----------------------------------------------------------------------------- registration
@@ -274,9 +283,11 @@ def _resolve_axes(model: nn.Module, rules: str | Path | Mapping | None) -> dict[
 
 
 def _build(model: nn.Module, lr: float, axes: dict[str, Axes], betas, eps, weight_decay, compile) -> SlimAdamW:
-    named = _trainable_named(model)
-    return SlimAdamW([p for _, p in named], [axes[n] for n, _ in named], lr=lr, betas=tuple(betas), eps=eps,
-                     weight_decay=weight_decay, compile=compile)
+    """Param groups from optbench's weight-decay policy (``split_decay``), each with its axes."""
+    decayed, kept = split_decay(model)
+    groups = [{"params": [p for _, p in named], "compress_axes": [axes[canonical_name(n)] for n, _ in named],
+               "weight_decay": wd} for named, wd in ((decayed, weight_decay), (kept, 0.0)) if named]
+    return SlimAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, compile=compile)
 
 
 def _check_hparams(lr: float, betas, eps: float, weight_decay: float) -> None:
@@ -314,9 +325,10 @@ def snr_rules_path(task: str) -> Path:
 def snr_rules_command(task: str) -> str:
     """The command that writes ``task``'s rules where slimadam-snr reads them: the proxy run at the
     preset and on the device of the task's tier (a GPU-tier model is too large for a CPU run)."""
-    from optbench.registry import get_task
+    from optbench.registry import tasks
 
-    preset, device = ("gpu", "cuda") if get_task(task).tier == "gpu" else ("cpu", "cpu")
+    spec = tasks().get(task)  # a task from a plugin or a test may not be registered: the CPU proxy run
+    preset, device = ("gpu", "cuda") if spec is not None and spec.tier == "gpu" else ("cpu", "cpu")
     return f"optbench snr --task {task} --preset {preset} --device {device} --rules-out {snr_rules_path(task)}"
 
 

@@ -42,11 +42,6 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import torch
-from torch import nn
-
-from optbench.param_groups import decay_groups
-from optbench.registry import register_optimizer
-from optbench.spec import OptimizerSpec
 from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
@@ -58,6 +53,11 @@ from optbench.optimizers._common import (
     trainable,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from torch import nn
+
+from optbench.param_groups import decay_groups
+from optbench.registry import register_optimizer
+from optbench.spec import OptimizerSpec
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
 CHUNK_ELEMENTS = 1 << 18  # the eager path's block of rows holds at most about this many elements

@@ -7,11 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
-from toy_model import toy, toy_loss, train
-
-from optbench.registry import get_optimizer
-from optbench.state import optimizer_state_bytes
 from optbench.optimizers import microadam
 from optbench.optimizers.microadam import (
     MicroAdam,
@@ -27,6 +22,11 @@ from optbench.optimizers.microadam import (
     unpack_nibbles,
     window_weights,
 )
+from torch import nn
+from toy_model import toy, toy_loss, train
+
+from optbench.registry import get_optimizer
+from optbench.state import optimizer_state_bytes
 
 
 @pytest.mark.parametrize("numel", [1, 2, 7, 10])

@@ -7,12 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
-from toy_model import toy, toy_loss, train
-
-from optbench.param_groups import decayed_names
-from optbench.registry import get_optimizer
-from optbench.state import optimizer_state_bytes
 from optbench.optimizers import smmf
 from optbench.optimizers.smmf import (
     SMMF,
@@ -24,6 +18,12 @@ from optbench.optimizers.smmf import (
     square_matricize,
     unpack_signs,
 )
+from torch import nn
+from toy_model import toy, toy_loss, train
+
+from optbench.param_groups import decayed_names
+from optbench.registry import get_optimizer
+from optbench.state import optimizer_state_bytes
 
 
 @pytest.mark.parametrize(("numel", "shape"), [(1, (1, 1)), (36, (6, 6)), (12, (4, 3)), (13, (13, 1)),
