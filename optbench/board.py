@@ -70,6 +70,7 @@ def flatten(record: dict, path: Path | str = "") -> dict:
         "metric_name": metrics["metric_name"], "higher_is_better": bool(metrics["higher_is_better"]),
         "final_metric": _number(metrics["final_metric"]), "final_train_loss": _number(metrics["final_train_loss"]),
         "eval_loss": _number(metrics["eval_loss"]), "steps_to_target": _number(metrics["steps_to_target"]),
+        "accuracy": _number(metrics.get("accuracy")),  # a secondary figure, where the task has one
         "target": _number(metrics.get("target")),
         "optimizer_state_bytes": _number(memory["optimizer_state_bytes"]), "peak_bytes": _number(memory["peak_bytes"]),
         **{col: _number(by_category.get(cat)) for col, cat in zip(PEAK_COLUMNS, MEMORY_CATEGORIES)},
@@ -165,6 +166,8 @@ def summarise(group: pd.DataFrame) -> dict:
         "metric_std": float(metric.std(ddof=1)) if len(metric) > 1 else math.nan,
         "metric_n": len(metric),
         "metric_ci_low": ci_low, "metric_ci_high": ci_high,
+        "accuracy_mean": float(ok["accuracy"].mean()) if ok["accuracy"].notna().any() else math.nan,
+        "accuracy_std": float(ok["accuracy"].std(ddof=1)) if ok["accuracy"].notna().sum() > 1 else math.nan,
         "optimizer_state_bytes": memory("optimizer_state_bytes"),
         "peak_bytes": memory("peak_bytes"),
         **{col: memory(col) for col in PEAK_COLUMNS},

@@ -109,6 +109,8 @@ def task_table(rows: pd.DataFrame) -> list[dict[str, Cell]]:
     show_cuda = bool(rows["cuda_max_allocated"].notna().any())  # allocator figure, CUDA runs only
     show_verdict, show_diff = _has(rows, "verdict"), _has(rows, "diff", "ci_low", "ci_high")
     show_bound = _has(rows, "step_bound_ratio")
+    # Accuracy is secondary: shown when the task reports it and it is not already the primary metric.
+    show_accuracy = _has(rows, "accuracy_mean") and metric != "accuracy"
     has_baseline = BASELINE in set(rows["optimizer"])
     direction = "higher is better" if rows["higher_is_better"].iloc[0] else "lower is better"
     out = []
@@ -125,6 +127,8 @@ def task_table(rows: pd.DataFrame) -> list[dict[str, Cell]]:
                                          r["verdict"] if isinstance(r["verdict"], str) else None)}
                if show_verdict else {}),
             **({DIFF_LABEL: _num(r["diff"], fmt_interval(r["diff"], r["ci_low"], r["ci_high"]))} if show_diff else {}),
+            **({"accuracy (secondary)": _num(r["accuracy_mean"], fmt_metric(r["accuracy_mean"], r["accuracy_std"],
+                                                                            r["metric_n"]))} if show_accuracy else {}),
             f"Δ vs AdamW ({direction})": (Cell("baseline", 0.0) if baseline
                                           else _num(r["delta_vs_adamw"], fmt(r["delta_vs_adamw"], "+.4f"))),
             "state (exact)": _num(r["optimizer_state_bytes"], fmt_bytes(r["optimizer_state_bytes"])),

@@ -265,6 +265,7 @@ def test_board_carries_verdicts_discrimination_and_profiles(tmp_path):
             record = make_record("digits-mlp", optimizer, seed, loss, higher_is_better=False,
                                  state={"adamw": 2000, "sgd": 1000, "lion": 1000, "slimadam": 1100}[optimizer])
             record["metrics"]["eval_loss"] = loss
+            record["metrics"]["accuracy"] = 1.0 - loss  # a secondary figure, shown beside the loss
             put(runs, record)
     board = build_board(load_runs(runs, "smoke").records)
     verdicts = board.cells.set_index("optimizer")["verdict"]
@@ -277,3 +278,5 @@ def test_board_carries_verdicts_discrimination_and_profiles(tmp_path):
     files = write_report(runs, tmp_path / "out", preset="smoke", plots=False)
     text = files.markdown.read_text() if hasattr(files, "markdown") else (tmp_path / "out" / "LEADERBOARD.md").read_text()
     assert "## Verdicts against AdamW" in text and "Resolved (better, equivalent or worse): **67%**" in text
+    assert "accuracy (secondary)" in text and board.cells.set_index("optimizer").loc["sgd", "accuracy_mean"] == \
+        pytest.approx(1 - 0.414)
