@@ -67,6 +67,9 @@ register_optimizer(
         default_lr=1e-2,
         lr_vs_adamw=None,  # relative steps scaled by each parameter's RMS: starts at its own default_lr
         requires=Requirements(check=_has_adafactor),
+        # Read p and g, write p: 12 bytes in float32; the row and column factors of a matrix are
+        # O(rows + cols) (a vector's full variance adds 8, a small share of a model).
+        bound_bytes_per_param=12,
         description="torch.optim.Adafactor (factored second moment, no momentum)",
     )
 )

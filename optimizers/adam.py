@@ -29,6 +29,8 @@ register_optimizer(
         state_bytes=adamw_state_bytes,  # same two moments and step as AdamW
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
+        # As AdamW: read p, g, exp_avg, exp_avg_sq, write p and both moments (28 bytes in float32).
+        bound_bytes_per_param=28,
         description="torch.optim.Adam, fused kernel",
     )
 )

@@ -69,6 +69,9 @@ register_optimizer(
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("bitsandbytes",), check=_check_version),
+        # Read p and g, write p (12 bytes in float32), read and write the two uint8 moments (4);
+        # the block absmax values are 1/256 of that. Tensors under min_8bit_size keep float32 moments (28).
+        bound_bytes_per_param=16,
         description="bitsandbytes AdamW8bit, blockwise (256) dynamic quantization",
     )
 )

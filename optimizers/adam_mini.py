@@ -184,6 +184,9 @@ register_optimizer(
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("adam_mini",)),
         needs_model_info=True,
+        # Read p, g and exp_avg, write p and exp_avg (20 bytes in float32); one second-moment value
+        # per block is a small share.
+        bound_bytes_per_param=20,
         description="adam-mini package; blocks from declared roles, d_model/n_heads from the task",
     )
 )

@@ -46,6 +46,9 @@ register_optimizer(
         state_bytes=adamw_state_bytes,
         default_lr=1e-3,
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
+        # Read the parameter, gradient, exp_avg and exp_avg_sq, write the parameter and both
+        # moments: 7 float32 tensors, 28 bytes per element.
+        bound_bytes_per_param=28,
         description="torch.optim.AdamW, fused kernel: the baseline",
     )
 )

@@ -63,6 +63,9 @@ SPEC = register_optimizer(
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("apollo_torch",)),
         needs_model_info=True,
+        # On a projected matrix: read p and g, write p (12 bytes in float32); the rank-r moments and
+        # the projection are O(r / rows) of that. Tensors left unprojected move AdamW's 28.
+        bound_bytes_per_param=12,
         description="apollo-torch APOLLOAdamW (channel-wise scaling) on attention/MLP weights, AdamW elsewhere",
     )
 )

@@ -21,6 +21,8 @@ register_optimizer(
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("apollo_torch",)),
         needs_model_info=True,
+        # As APOLLO: read p and g, write p (12 bytes in float32); rank-1 moments are O(1 / rows) of that.
+        bound_bytes_per_param=12,
         description="apollo-torch APOLLOAdamW, rank 1, tensor-wise scaling, scale 128",
     )
 )

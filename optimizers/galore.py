@@ -65,6 +65,9 @@ register_optimizer(
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         requires=Requirements(packages=("galore_torch",)),
         needs_model_info=True,
+        # On a projected matrix: read p and g, write p (12 bytes in float32); the rank-r moments are
+        # O(r / rows) of that. Tensors left unprojected (embeddings, norms) move AdamW's 28.
+        bound_bytes_per_param=12,
         description="galore-torch GaLoreAdamW on attention/MLP weights (by role), AdamW elsewhere",
     )
 )

@@ -41,6 +41,8 @@ register_optimizer(
         default_lr=1e-4,
         lr_vs_adamw=1 / 3,  # sign update, larger norm than Adam's: its paper uses a 3-10x smaller lr than AdamW
         requires=Requirements(packages=("lion_pytorch",)),
+        # Read p, g and the momentum, write p and the momentum: 20 bytes in float32.
+        bound_bytes_per_param=20,
         description="lion-pytorch Lion, pure-PyTorch update (no triton)",
     )
 )

@@ -34,6 +34,8 @@ register_optimizer(
         state_bytes=sgd_state_bytes,
         default_lr=0.05,
         lr_vs_adamw=None,  # no relation to AdamW's lr: each task declares SGD's
+        # Read p, g and the momentum buffer, write p and the buffer: 20 bytes in float32.
+        bound_bytes_per_param=20,
         description="SGD with momentum 0.9",
     )
 )
