@@ -102,7 +102,8 @@ def registered_tasks(session: nox.Session, tier: str = "cpu") -> list[str]:
 
 @nox.session(venv_backend="none")
 def sweep(session: nox.Session) -> None:
-    """Learning-rate sweeps (the tuning protocol) of every available optimizer on every CPU task -> tasks/tuned_lrs.json,
+    """Learning-rate sweeps (the tuning protocol) of every available optimizer on every CPU task ->
+    tasks/tuned_lrs.json,
     results/sweeps/cpu/."""
     for task in registered_tasks(session):
         run_in_env(session, "-m", "optbench", "sweep", "--task", task, "--preset", "cpu", *session.posargs)
@@ -111,7 +112,8 @@ def sweep(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def publish(session: nox.Session) -> None:
     """Everything published, regenerated: sweeps, the board at the tuned lrs (5 seeds), the report; resumable; writes
-    its total compute time to results/COMPUTE.md. `-- --smoke`: the whole pipeline in minutes, in results/runs-scratch/."""
+    its total compute time to results/COMPUTE.md. `-- --smoke`: the whole pipeline in minutes, in
+    results/runs-scratch/."""
     run_in_env(session, "-m", "optbench.publish", "--command",
                shlex.join(["nox", "-s", "publish", *(["--", *session.posargs] if session.posargs else [])]),
                *session.posargs)

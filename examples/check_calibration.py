@@ -22,9 +22,9 @@ from tabulate import tabulate
 
 from optbench import registry
 from optbench.check import baseline_lr
-from optbench.stats import compare_quality
 from optbench.runner import run_one
 from optbench.spec import OptimizerSpec
+from optbench.stats import compare_quality
 
 TASK = "digits-mlp"
 

@@ -49,12 +49,11 @@ the steps run again without it and the figures come from counting tensors direct
 
 from __future__ import annotations
 
+import gc
+import inspect
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import gc
-import inspect
 
 import torch
 from torch import nn

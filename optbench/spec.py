@@ -60,7 +60,8 @@ class OptimizerSpec:
 
     ``build(model, lr, **hparams)`` returns a ready optimizer; it receives ``defaults``
     merged with the user's hyperparameters. ``defaults`` left out are read from ``build``'s
-    signature (its keyword parameters with a default), so they are written once. ``state_bytes(model, **hparams)`` is the exact
+    signature (its keyword parameters with a default), so they are written once.
+    ``state_bytes(model, **hparams)`` is the exact
     analytic size of every tensor the optimizer keeps after its first step.
     """
 

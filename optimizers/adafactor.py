@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
+from optbench.optimizers._common import STEP_BYTES, check_lr, check_nonnegative, trainable
 from torch import nn
 
+from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optbench.param_groups import decay_groups
-from optbench.optimizers._common import STEP_BYTES, check_lr, check_nonnegative, trainable
 
 
 def check_adafactor(beta2_decay: float, eps: tuple, d: float, weight_decay: float) -> None:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from optbench.registry import register_optimizer
-from optbench.spec import OptimizerSpec
-from optbench.param_groups import decay_groups
 from optbench.optimizers._common import check_betas, check_lr, check_nonnegative
 from optbench.optimizers.adamw import adamw_state_bytes, impl_kwargs
+from torch import nn
+
+from optbench.param_groups import decay_groups
+from optbench.registry import register_optimizer
+from optbench.spec import OptimizerSpec
 
 
 def build_adam(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, impl="fused"):
     check_lr(lr)
     check_betas(betas)
     check_nonnegative(eps=eps, weight_decay=weight_decay)
-    return torch.optim.Adam(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    return torch.optim.Adam(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+                            weight_decay=weight_decay,
                             **impl_kwargs(impl))
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int, trainable
 from torch import nn
 
+from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optbench.param_groups import decay_groups
-from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int, trainable
 
 BLOCK = 256  # elements per absmax block (blockwise quantization)
 QMAP_BYTES = 2 * 256 * 4  # signed and unsigned float32 maps of 256 codes, shared by all tensors
@@ -41,7 +41,8 @@ def build_adam8bit(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8,
     # A process-wide singleton carries per-parameter overrides between optimizers: start clean,
     # without touching the manager an earlier optimizer still holds.
     GlobalOptimManager._instance = None
-    return bnb.optim.AdamW8bit(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    return bnb.optim.AdamW8bit(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+                               weight_decay=weight_decay,
                                min_8bit_size=int(min_8bit_size))
 
 

@@ -27,13 +27,13 @@ and for unknown names.
 from __future__ import annotations
 
 import torch
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative
 from torch import nn
 
 from optbench.model_info import ModelInfo, get_model_info
 from optbench.param_groups import decayed_names
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optbench.optimizers._common import check_betas, check_lr, check_nonnegative
 
 # A name stem the package routes to the wanted block (see adam_mini/adam_mini.py: Adam_mini.__init__).
 HEAD_STEMS = {"query": "q_proj", "key": "k_proj", "qkv": "q_proj"}

@@ -8,19 +8,20 @@ in the run record through ``optimizer.defaults``.
 from __future__ import annotations
 
 import torch
+from optbench.optimizers._common import adam_like_state_bytes, check_betas, check_lr, check_nonnegative, trainable
 from torch import nn
 
+from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optbench.param_groups import decay_groups
-from optbench.optimizers._common import adam_like_state_bytes, check_betas, check_lr, check_nonnegative, trainable
 
 
 def build_adamw(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, impl="fused"):
     check_lr(lr)
     check_betas(betas)
     check_nonnegative(eps=eps, weight_decay=weight_decay)
-    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+                             weight_decay=weight_decay,
                              **impl_kwargs(impl))
 
 

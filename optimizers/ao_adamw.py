@@ -31,9 +31,9 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 
+from optbench.optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative, check_positive_int
 from torch import nn
 
-from optbench.optimizers._common import STEP_BYTES, check_betas, check_lr, check_nonnegative, check_positive_int
 from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements

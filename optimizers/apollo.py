@@ -10,12 +10,12 @@ low-rank methods compare at equal rank; scale 1 and gap 200 are the package's.
 
 from __future__ import annotations
 
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
+from optbench.optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
-from optbench.optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 
 PROJECTIONS = ("random", "svd")
 SCALE_TYPES = ("channel", "tensor")
@@ -36,7 +36,8 @@ def build_apollo(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
     from apollo_torch import APOLLOAdamW
 
     projected, plain = split_projected(model)
-    groups = param_groups(model, projected, plain, weight_decay, rank=int(rank), proj=proj, scale_type=scale_type, scale=float(scale),
+    groups = param_groups(model, projected, plain, weight_decay, rank=int(rank), proj=proj, scale_type=scale_type,
+                          scale=float(scale),
                           update_proj_gap=int(update_proj_gap), proj_type="std")
     return counted(APOLLOAdamW)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 

@@ -5,9 +5,10 @@ recommends for rank 1. Same package, grouping and state formula as ``apollo``.
 
 from __future__ import annotations
 
+from optbench.optimizers.apollo import apollo_state_bytes, build_apollo
+
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements, signature_defaults
-from optbench.optimizers.apollo import apollo_state_bytes, build_apollo
 
 register_optimizer(
     OptimizerSpec(

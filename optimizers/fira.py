@@ -20,10 +20,10 @@ The package's own default eps is 1e-6; 1e-8 here, as for every Adam in optbench.
 
 from __future__ import annotations
 
-from torch import nn
-
 from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
 from optbench.optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
+from torch import nn
+
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
 

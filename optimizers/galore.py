@@ -12,12 +12,12 @@ Default rank 32 is a quarter of the CPU tier's width (d_model 128), the paper's 
 
 from __future__ import annotations
 
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
+from optbench.optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 from torch import nn
 
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, check_positive_int
-from optbench.optimizers._lowrank import counted, param_groups, projected_state_elements, split_projected
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 
@@ -39,7 +39,8 @@ def build_galore(model: nn.Module, lr: float, *, betas=(0.9, 0.999), eps=1e-8, w
     from galore_torch import GaLoreAdamW
 
     projected, plain = split_projected(model)
-    groups = param_groups(model, projected, plain, weight_decay, rank=int(rank), update_proj_gap=int(update_proj_gap), scale=float(scale),
+    groups = param_groups(model, projected, plain, weight_decay, rank=int(rank), update_proj_gap=int(update_proj_gap),
+                          scale=float(scale),
                           proj_type=proj_type)
     return counted(GaLoreAdamW)(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                               no_deprecation_warning=True)

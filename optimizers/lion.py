@@ -9,12 +9,12 @@ the defaults are lr 1e-4 and weight decay 0.1 against the adamw baseline's 1e-3 
 
 from __future__ import annotations
 
+from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, trainable
 from torch import nn
 
+from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec, Requirements
-from optbench.param_groups import decay_groups
-from optbench.optimizers._common import check_betas, check_lr, check_nonnegative, trainable
 
 
 def build_lion(model: nn.Module, lr: float, *, betas=(0.9, 0.99), weight_decay=0.1):
@@ -23,7 +23,8 @@ def build_lion(model: nn.Module, lr: float, *, betas=(0.9, 0.99), weight_decay=0
     check_nonnegative(weight_decay=weight_decay)
     from lion_pytorch import Lion
 
-    return Lion(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), weight_decay=weight_decay, use_triton=False)
+    return Lion(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                use_triton=False)
 
 
 def lion_state_bytes(model: nn.Module, **_: object) -> int:

@@ -34,9 +34,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
-
-from optbench.model_info import get_model_info
 from optbench.optimizers._common import (
     STEP_BYTES,
     check_betas,
@@ -45,6 +42,9 @@ from optbench.optimizers._common import (
     check_positive_int,
 )
 from optbench.optimizers._lowrank import PROJECTED_ROLES
+from torch import nn
+
+from optbench.model_info import get_model_info
 from optbench.param_groups import split_decay
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec

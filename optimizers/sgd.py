@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from optbench.optimizers._common import check_lr, check_nonnegative, trainable
 from torch import nn
 
+from optbench.param_groups import decay_groups
 from optbench.registry import register_optimizer
 from optbench.spec import OptimizerSpec
-from optbench.param_groups import decay_groups
-from optbench.optimizers._common import check_lr, check_nonnegative, trainable
 
 
 def build_sgd(model: nn.Module, lr: float, *, momentum=0.9, weight_decay=0.0, nesterov=False):

@@ -14,13 +14,13 @@ an optimizer on less.
 from __future__ import annotations
 
 import torch
+from optbench.tasks._digits import digits_instance
 from torch import nn
 from torch.nn import functional as F
 
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._digits import digits_instance
 
 WIDTH = 32
 
@@ -85,7 +85,8 @@ SPEC = register_task(
     TaskSpec(
         name="digits-cnn",
         tier="cpu",
-        description="residual CNN (conv stem + 2 residual blocks, BatchNorm) on sklearn digits (8x8), held-out loss (accuracy secondary)",
+        description="residual CNN (conv stem + 2 residual blocks, BatchNorm) on sklearn digits (8x8), "
+                    "held-out loss (accuracy secondary)",
         metric=Metric("loss", higher_is_better=False),
         budgets={
             "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=2.0, log_every=2),

@@ -12,12 +12,12 @@ an optimizer on less.
 from __future__ import annotations
 
 import torch
+from optbench.tasks._digits import digits_instance
 from torch import nn
 
 from optbench.model_info import ModelInfo, attach_info
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._digits import digits_instance
 
 HIDDEN = 256
 

@@ -15,11 +15,11 @@ an optimizer on less.
 from __future__ import annotations
 
 import torch
+from optbench.tasks._digits import digits_instance
+from optbench.tasks._transformer import ViT, with_info
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._digits import digits_instance
-from optbench.tasks._transformer import ViT, with_info
 
 PATCH, D_MODEL, N_HEADS, N_LAYERS, D_MLP = 2, 64, 4, 3, 256
 
@@ -41,7 +41,8 @@ SPEC = register_task(
     TaskSpec(
         name="digits-vit",
         tier="cpu",
-        description="tiny ViT (2x2 patches, d 64, 4 heads, 3 blocks) on sklearn digits (8x8), held-out loss (accuracy secondary)",
+        description="tiny ViT (2x2 patches, d 64, 4 heads, 3 blocks) on sklearn digits (8x8), "
+                    "held-out loss (accuracy secondary)",
         metric=Metric("loss", higher_is_better=False),
         budgets={
             "smoke": Budget(steps=10, batch_size=16, eval_every=5, target=2.2, log_every=2),

@@ -15,11 +15,11 @@ seed-to-seed spread of a single optimizer is several percent; a narrower margin 
 from __future__ import annotations
 
 import torch
+from optbench.tasks._text import VOCAB, language_model_instance
+from optbench.tasks._transformer import GPT, with_info
 
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._text import VOCAB, language_model_instance
-from optbench.tasks._transformer import GPT, with_info
 
 N_LAYERS, D_MODEL, N_HEADS, D_MLP, CONTEXT = 4, 128, 4, 512, 128
 EVAL_WINDOWS = {"smoke": 8}  # held-out windows of CONTEXT bytes; other presets: the whole held-out part

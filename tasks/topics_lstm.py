@@ -20,12 +20,12 @@ seed-to-seed spread of a single optimizer is several percent; a narrower margin 
 from __future__ import annotations
 
 import torch
+from optbench.tasks._text import VOCAB, language_model_instance
 from torch import nn
 
 from optbench.model_info import ModelInfo, attach_info, roles_by_suffix
 from optbench.registry import register_task
 from optbench.spec import Budget, Metric, TaskInstance, TaskSpec
-from optbench.tasks._text import VOCAB, language_model_instance
 
 D_EMBED, HIDDEN, N_LAYERS, CONTEXT = 64, 256, 1, 64
 EVAL_WINDOWS = {"smoke": 8}  # held-out windows of CONTEXT bytes; other presets: the whole held-out part

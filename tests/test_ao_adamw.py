@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import optbench.optimizers.ao_adamw as ao
 import pytest
 import torch
 from torch import nn
 
-import optbench.optimizers.ao_adamw as ao
 from optbench.registry import get_optimizer
 from optbench.schedule import apply_lr
 from optbench.state import optimizer_state_bytes

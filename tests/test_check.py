@@ -19,9 +19,9 @@ import torch
 from scipy import stats as scipy_stats
 
 from optbench import check, registry, stats
+from optbench.cli import main
 from optbench.gate import Gates, judge_task
 from optbench.stats import compare_quality, default_tolerance
-from optbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "adamw_variant.py"

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 from conformance_model import build_model, fixed_batch, loss_fn
+from optbench.optimizers.muon import MuonWithAdamW, build_muon, muon_names, muon_state_bytes
 from torch import nn
 
-from optbench.optimizers.muon import MuonWithAdamW, build_muon, muon_names, muon_state_bytes
 from optbench.param_groups import split_decay
 from optbench.schedule import apply_lr
 from optbench.state import optimizer_state_bytes

@@ -275,8 +275,8 @@ def test_board_carries_verdicts_discrimination_and_profiles(tmp_path):
     assert disc.loc["digits-mlp", "resolved_share"] == pytest.approx(2 / 3)
     memory = board.profiles["optimizer state"].set_index("optimizer")
     assert memory.loc["sgd", "τ=1"] == 1.0 and memory.loc["adamw", "τ=1"] == 0.0 and memory.loc["adamw", "τ=2"] == 1.0
-    files = write_report(runs, tmp_path / "out", preset="smoke", plots=False)
-    text = files.markdown.read_text() if hasattr(files, "markdown") else (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    write_report(runs, tmp_path / "out", preset="smoke", plots=False)
+    text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
     assert "## Verdicts against AdamW" in text and "Resolved (better, equivalent or worse): **67%**" in text
     assert "accuracy (secondary)" in text and board.cells.set_index("optimizer").loc["sgd", "accuracy_mean"] == \
         pytest.approx(1 - 0.414)

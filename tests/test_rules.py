@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from optbench.optimizers import slimadam
 
 from optbench import rules, snr
-from optbench.optimizers import slimadam
 
 
 def test_both_users_read_rules_with_the_one_reader():

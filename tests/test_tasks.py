@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from optbench.tasks import cifar10_data
+from optbench.tasks._text import EVAL_FRACTION, cpython_topics_bytes, load_corpus
 
 from optbench.model_info import ROLES, get_model_info
 from optbench.registry import get_optimizer, tasks
-from optbench.tasks import cifar10_data
-from optbench.tasks._text import EVAL_FRACTION, cpython_topics_bytes, load_corpus
 
 TASKS = sorted(tasks())
 DATA_DIR_TASKS = [n for n in TASKS if "data_dir" in tasks()[n].options]
