@@ -1,4 +1,4 @@
-"""Micro-benchmark: one ``optimizer.step()`` per registered optimizer on the topics-gpt-shaped GPT.
+"""Micro-benchmark: one ``optimizer.step()`` per registered optimizer on the topics-gpt task's GPT.
 
 Gradients are computed once and left in place, so only the step is timed; warm-up rounds
 are excluded (pytest-benchmark ``pedantic``). Not collected by the default run (testpaths =
@@ -25,7 +25,7 @@ import os
 import pytest
 import torch
 
-from benchmarks._gpt import fill_gradients, gpt_model
+from benchmarks.optimizer_ratios import build, fill_gradients
 from optbench.registry import optimizers
 
 ROUNDS = int(os.environ.get("OPTBENCH_MICROBENCH_ROUNDS", "30"))
@@ -40,7 +40,7 @@ def test_step_time(benchmark, name):
     reason = spec.unavailable_reason(DEVICE)
     if reason:
         pytest.skip(f"{name} unavailable: {reason}")
-    model, source = gpt_model(device=DEVICE)
+    model, source = build("topics", DEVICE), "optbench.tasks.topics_gpt.build_model"
     hparams = spec.resolve_hparams()
     try:
         optimizer = spec.build(model, spec.default_lr, **hparams)

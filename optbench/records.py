@@ -287,7 +287,8 @@ class RunRecord(_Section):
 # Extra keys this code reads, type-checked when present (any other extra key is kept unchecked).
 KNOWN_EXTRAS: dict[str, dict[str, Any]] = {
     "RunRecord": {"run_key": str, "lr_source": str, "notes": list[str], "task_options": dict[str, Any],
-                  "optimizer_class": str, "traceback": str, "input_files": dict[str, str]},
+                  "optimizer_class": str, "optimizer_impl": str | None, "traceback": str,
+                  "input_files": dict[str, str]},
     "Metrics": {"target": float | None},
     "Timing": {"train_s": float | None, "concurrent_runs": int},
     "BudgetInfo": {"schedule": dict[str, Any]},

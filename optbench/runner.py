@@ -223,6 +223,7 @@ class _Trained:
     optimizer_class: str
     state_bytes: int
     state_check: StateBytesCheck  # the spec's state formula against state_bytes
+    optimizer_impl: str | None = None  # which step ran, when the optimizer says (optbench_impl: compiled, eager)
 
 
 def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = None, seed: int = 0,
@@ -265,7 +266,8 @@ def _train_cell(run: ResolvedRun) -> _Trained:
     state_bytes = optimizer_state_bytes(optimizer)
     return _Trained(result, list(instance.notes), instance.samples_per_step, instance.tokens_per_step,
                     f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", state_bytes,
-                    check_state_formula(run.optimizer, instance.model, run.hparams, state_bytes))
+                    check_state_formula(run.optimizer, instance.model, run.hparams, state_bytes),
+                    getattr(optimizer, "optbench_impl", None))
 
 
 def _memory_pass(run: ResolvedRun) -> tuple[Memory, list[str]]:
@@ -304,6 +306,7 @@ def _record(run: ResolvedRun, started: float, *, trained: _Trained | None = None
         extra["input_files"] = dict(run.inputs)
     if trained:
         extra["optimizer_class"] = trained.optimizer_class
+        extra["optimizer_impl"] = trained.optimizer_impl
     if trace:
         extra["traceback"] = trace
     record = RunRecord(

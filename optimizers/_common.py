@@ -82,8 +82,13 @@ def params_with_grads(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tens
 
 
 def ema_(average: torch.Tensor, value: torch.Tensor, beta: float) -> torch.Tensor:
-    """``average <- beta * average + (1 - beta) * value``, in place: Adam's moment update."""
-    return average.lerp_(value, 1 - beta)
+    """``average <- beta * average + (1 - beta) * value``, in place: Adam's moment update.
+
+    Written with plain products, as every piece a compiled step uses: a number passed to an op
+    as ``alpha=``/``value=``/a lerp weight would be compiled in as a constant, and the graph
+    recompiled when it changes (every step, for a bias correction or a scheduled lr).
+    """
+    return average.mul_(beta).add_(value * (1 - beta))
 
 
 def bias_correction(beta: float, step: int) -> float:
@@ -97,11 +102,23 @@ def decay_factor(lr: float, weight_decay: float) -> float:
     return 1 - lr * weight_decay
 
 
+def column_sums(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix.sum(0)``, in blocks of 16 rows when they divide evenly: compiled, a plain column
+    sum becomes one strided pass per column strip, several times slower than this."""
+    rows, cols = matrix.shape
+    if rows % 16:
+        return matrix.sum(dim=0)
+    return matrix.view(rows // 16, 16, cols).sum(dim=1).sum(dim=0)
+
+
 # ----------------------------------------------------------------------------- the compiled step
 
 IMPLS = ("compiled", "eager")
 COMPILE_ENV = "OPTBENCH_COMPILE"
 _COMPILED: dict[tuple[Callable, Hashable], Callable] = {}
+COMPILE_DYNAMIC = bool(int(os.environ.get("OPTBENCH_COMPILE_DYNAMIC", "1")))
+COMPILE_OPTIONS = {"cpp.max_horizontal_fusion_size": int(os.environ.get("OPTBENCH_HFS", "16"))}
+COMPILE_CHUNK = int(os.environ.get("OPTBENCH_COMPILE_CHUNK", "16"))
 
 
 def compile_enabled() -> bool:
@@ -115,37 +132,54 @@ def initial_impl(compile: bool) -> str:
 
 
 def compiled(fn: Callable, layout: Hashable) -> Callable:
-    """``fn`` under ``torch.compile`` (static shapes, one graph), one per ``(fn, layout)`` in the process.
+    """``fn`` under ``torch.compile`` (one graph), one per ``(fn, layout)`` in the process.
 
     Each layout (the shapes, dtypes and options of the tensors a step sees) gets a copy of
     ``fn``'s code object: dynamo keeps its graphs per code object and stops compiling after
     ``recompile_limit`` of them, so one shared object would make a grid over many models run
     eagerly without saying so. Per-step numbers (lr, betas at step t) are Python floats, which
-    dynamo passes as inputs rather than constants, so they never cause a recompile.
+    dynamo passes as inputs rather than constants (shapes are symbolic too: ``dynamic=True``,
+    so kernels are shared between tensors of different sizes and compile once); they never
+    cause a recompile as long as the step uses them in products and sums only (see ``ema_``).
     """
     key = (fn, layout)
     if key not in _COMPILED:
         code = fn.__code__.replace()  # a distinct code object with the same body
         clone = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        _COMPILED[key] = torch.compile(clone, dynamic=False, fullgraph=True)
+        _COMPILED[key] = torch.compile(clone, dynamic=COMPILE_DYNAMIC, fullgraph=True, options=COMPILE_OPTIONS)
     return _COMPILED[key]
 
 
-def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: Callable, layout: Hashable,
-             *args) -> None:
+def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: Callable,
+             per_tensor: Sequence[Sequence], shared: Sequence, key: Sequence[Hashable]) -> None:
     """Run one step: ``compiled_fn`` compiled when ``optimizer.optbench_impl == "compiled"``, else ``eager_fn``.
 
-    Both take ``args`` and compute the same update; ``eager_fn`` may process big tensors in
-    chunks to bound its scratch memory. Under a torch dispatch mode (the memory tracker, fake
-    tensors), which ``torch.compile`` does not trace, the step runs eagerly without changing
-    ``optbench_impl``. A compile failure warns once and switches the optimizer to eager.
+    Both are called as ``fn(*per_tensor, shared)`` and compute the same update: ``per_tensor``
+    holds lists aligned with the tensors (parameters, gradients, state, layout entries),
+    ``shared`` the per-step numbers they index. ``key[i]`` is everything static about tensor i
+    (shape, dtype, layout). The compiled step runs on chunks of ``COMPILE_CHUNK`` tensors, one
+    compiled graph per distinct chunk: a model's repeated blocks share one, and no graph grows
+    with the model (inductor's compile time grows faster than its size). ``eager_fn`` may
+    process big tensors in pieces to bound its scratch memory.
+
+    Under a torch dispatch mode (the memory tracker, fake tensors), which ``torch.compile`` does
+    not trace, the step runs eagerly without changing ``optbench_impl``. A compile failure
+    (raised while tracing, before that chunk's update) warns once, steps the rest of the tensors
+    eagerly and switches the optimizer to eager.
     """
+    start = 0
     if optimizer.optbench_impl == "compiled" and _get_current_dispatch_mode() is None:  # type: ignore[attr-defined]
         try:
-            compiled(compiled_fn, layout)(*args)
+            for start in range(0, len(key), COMPILE_CHUNK):
+                end = start + COMPILE_CHUNK
+                compiled(compiled_fn, tuple(key[start:end]))(*_slice(per_tensor, start, end), shared)
             return
-        except Exception as exc:  # noqa: BLE001 - compile errors are raised while tracing, before any update
+        except Exception as exc:  # noqa: BLE001
             warnings.warn(f"{type(optimizer).__name__}: torch.compile of the step failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); stepping eagerly", stacklevel=3)
             optimizer.optbench_impl = "eager"  # type: ignore[attr-defined]
-    eager_fn(*args)
+    eager_fn(*_slice(per_tensor, start, len(key)), shared)
+
+
+def _slice(per_tensor: Sequence[Sequence], start: int, end: int) -> list:
+    return [list(items[start:end]) if isinstance(items, list) else tuple(items[start:end]) for items in per_tensor]

@@ -195,12 +195,24 @@ def _pieces(numel: int, block_size: int, whole: bool) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------- the step, per tensor
 
 
-def window_weights(step: float, window: int, beta: float, device: torch.device) -> torch.Tensor:
+def window_weights(step: float, window: int, beta: float, log_beta: float, device: torch.device) -> torch.Tensor:
     """(1-beta)·beta^age for each ring slot (age = how many steps ago it was written); 0 for slots
-    not written yet. Computed on the device from the step count: no host-to-device copy."""
+    not written yet. Computed on the device from the step count: no host-to-device copy.
+    ``log_beta`` = ``log_or_floor(beta)``, so that beta^age = exp(age·log_beta), 0^0 = 1 included."""
     slots = torch.arange(window, dtype=torch.float64, device=device)
     age = torch.remainder(step - 1 - slots, window)
-    return torch.where(age < step, (1 - beta) * torch.pow(beta, age), 0.0).float()
+    return torch.where(age < step, torch.exp(age * log_beta) * (1 - beta), 0.0).float()
+
+
+def log_or_floor(beta: float) -> float:
+    """log(beta), or a very negative number for beta = 0 (then exp(age·it) is 1 at age 0, else 0)."""
+    return math.log(beta) if beta > 0 else -1e30
+
+
+def ring_slot(slot: float, window: int, device: torch.device) -> torch.Tensor:
+    """The ring slot ``slot`` = (t-1) mod m as a one-element index tensor, made on the device."""
+    slots = torch.arange(window, device=device)
+    return (slots * (slots == slot)).sum().view(1)
 
 
 def select_top_k(a: torch.Tensor, layout: tuple[int, int, int, int, int], whole: bool) -> torch.Tensor:
@@ -234,8 +246,8 @@ def global_indices(local: torch.Tensor, layout: tuple[int, int, int, int, int]) 
 def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
                       error: Sequence[torch.Tensor], layout: tuple, scalars: Sequence[float], whole: bool) -> None:
     """One tensor's MicroAdam step (flat ``p``, ``g``); ``whole``: no pieces (what the compiled step does)."""
-    topk, qbs, window = layout[0], layout[1], layout[2]
-    step, b1, b2, eps, decay, lr, alpha = scalars
+    topk, qbs, window, dense_share = layout
+    step, slot, b1, b2, log_b1, log_b2, bc1, bc2, eps, decay, lr, alpha = scalars
     n = p.numel()
     pieces = _pieces(n, qbs, whole)
     # a = g + e: the step's one dense float32 buffer.
@@ -246,10 +258,9 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
         for lo, hi in pieces:
             torch.add(g[lo:hi], ErrorFeedback.read(error, lo, hi, qbs), out=a[lo:hi])
     chosen = select_top_k(a, topk, whole)
-    # The ring slot of this step, (t-1) mod m, made on the device from the step count (no copy).
-    ring = torch.full((1,), step - 1, dtype=torch.float64, device=p.device).remainder_(window).long()
+    ring = ring_slot(slot, window, p.device)
     indices.index_copy_(0, ring, local_indices(chosen, topk[1], indices.dtype).unsqueeze(0))
-    values.index_copy_(0, ring, a[chosen].to(values.dtype).unsqueeze(0))
+    values.index_copy_(0, ring, a.index_select(0, chosen).to(values.dtype).unsqueeze(0))
     a.index_fill_(0, chosen, 0.0)  # the residual, which becomes the next error
     for lo, hi in pieces:
         ErrorFeedback.write(error, a[lo:hi], lo, hi, qbs)
@@ -257,38 +268,40 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
     # The window's moments on its support, through the same buffer (zeroed there first).
     support = global_indices(indices, topk).view(-1)
     window_values = values.float()
-    first = _sum_on_support(a, support, window_values * window_weights(step, window, b1, p.device).unsqueeze(1))
-    second = _sum_on_support(a, support, window_values.square_() * window_weights(step, window, b2, p.device)
-                             .unsqueeze(1))
-    update = first.div_(bias_correction(b1, step)).div_(second.div_(bias_correction(b2, step)).sqrt_().add_(eps))
+    w1 = window_weights(step, window, b1, log_b1, p.device).unsqueeze(1)
+    w2 = window_weights(step, window, b2, log_b2, p.device).unsqueeze(1)
+    first = _sum_on_support(a, support, window_values * w1)
+    second = _sum_on_support(a, support, window_values.square_() * w2)
+    update = first.div_(bc1).div_(second.div_(bc2).sqrt_().add_(eps))
     del a
 
     p.mul_(decay)
-    if alpha > 0:  # the official pre-training option: a share of the error joins the update, the rest stays
+    if dense_share:  # alpha > 0, the official pre-training option: a share of the error joins the update
         for lo, hi in pieces:
             e = ErrorFeedback.read(error, lo, hi, qbs)
-            p[lo:hi].add_(e, alpha=-lr * alpha)
+            p[lo:hi].sub_(e * (lr * alpha))
             ErrorFeedback.write(error, e.mul_(1 - alpha), lo, hi, qbs)
-    p.index_put_((support,), p[support].sub_(update, alpha=lr))  # repeated indices carry equal values
+    # Repeated indices (one per slot that chose the entry) carry equal values, so their order is moot.
+    p.index_copy_(0, support, p.index_select(0, support).sub_(update.mul_(lr)))
 
 
 def _sum_on_support(buffer: torch.Tensor, support: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
     """For each window entry, the sum of the weighted values the window holds at its index: a
     scatter-add into ``buffer`` (zeroed at the support only) read back at the support."""
     buffer.index_fill_(0, support, 0.0).index_add_(0, support, weighted.view(-1))
-    return buffer[support]
+    return buffer.index_select(0, support)
 
 
 def microadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple], layout: tuple,
-                   slots: list[tuple[float, ...]]) -> None:
+                   microadam_scalars: list[tuple[float, ...]]) -> None:
     """Every tensor's step in one function (what ``torch.compile`` fuses)."""
-    _every_tensor(params, grads, states, layout, slots, whole=True)
+    _every_tensor(params, grads, states, layout, microadam_scalars, whole=True)
 
 
 def microadam_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple], layout: tuple,
-                         slots: list[tuple[float, ...]]) -> None:
+                         microadam_scalars: list[tuple[float, ...]]) -> None:
     """The same step, eagerly, in pieces of about ``CHUNK_ELEMENTS`` besides the buffer ``a``."""
-    _every_tensor(params, grads, states, layout, slots, whole=False)
+    _every_tensor(params, grads, states, layout, microadam_scalars, whole=False)
 
 
 def _every_tensor(params, grads, states, layout, slots, whole: bool) -> None:
@@ -362,19 +375,22 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
             state["step"] += 1
             t = state["step"]
             (b1, b2), lr = group["betas"], float(group["lr"])
-            scalars = (float(t), b1, b2, group["eps"], decay_factor(lr, group["weight_decay"]), lr, group["alpha"])
+            scalars = (float(t), float((t - 1) % group["m"]), b1, b2, log_or_floor(b1), log_or_floor(b2),
+                       bias_correction(b1, t), bias_correction(b2, t), group["eps"],
+                       decay_factor(lr, group["weight_decay"]), lr, group["alpha"])
             error = (state["error"],) if "error" in state else (state["error_codes"], state["error_min"],
                                                                 state["error_max"])
             tensor_layout = (topk_layout(p.numel(), group["topk_block_size"], group["k_init"]),
-                             group["quant_block_size"], group["m"])
+                             group["quant_block_size"], group["m"], group["alpha"] > 0)
             layout.append((tensor_layout, slots.setdefault(scalars, len(slots)), p.is_contiguous()))
             params.append(p)
             grads.append(p.grad)
             states.append((state["indices"], state["values"], *error))
         if params:
-            key = (tuple(layout), tuple((p.dtype, p.grad.dtype, p.device, len(s)) for p, s in zip(params, states)))
-            run_step(self, microadam_step, microadam_step_eager, key, params, grads, states, tuple(layout),
-                     list(slots))
+            key = [(entry, p.shape, p.dtype, p.grad.dtype, p.device, len(s))
+                   for entry, p, s in zip(layout, params, states, strict=True)]
+            run_step(self, microadam_step, microadam_step_eager, (params, grads, states, tuple(layout)), list(slots),
+                     key)
         return loss
 
 

@@ -43,6 +43,7 @@ from optbench.optimizers._common import (
     check_betas,
     check_lr,
     check_nonnegative,
+    column_sums,
     decay_factor,
     ema_,
     initial_impl,
@@ -146,7 +147,11 @@ def compression_axes(model: nn.Module, rules: str | Path | Mapping[str, Any]) ->
 def mean_square(grad: torch.Tensor, axes: Axes) -> torch.Tensor:
     """``g*g`` averaged over ``axes`` (keepdim); the full square when ``axes`` is None."""
     sq = grad * grad
-    return sq if axes is None else sq.mean(dim=axes, keepdim=True)
+    if axes is None:
+        return sq
+    if axes == (0,) and sq.ndim == 2:  # the mean over rows, by blocks of rows (see column_sums)
+        return column_sums(sq).div_(sq.shape[0]).unsqueeze(0)
+    return sq.mean(dim=axes, keepdim=True)
 
 
 class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
@@ -212,30 +217,31 @@ class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
         if params:
-            key = (tuple(layout), tuple((p.shape, p.dtype, p.grad.dtype, p.device) for p in params))
-            run_step(self, slimadam_step, slimadam_step_foreach, key, params, grads, exp_avgs, exp_avg_sqs,
-                     tuple(layout), list(slots))
+            key = [(entry, p.shape, p.dtype, p.grad.dtype, p.device) for entry, p in zip(layout, params, strict=True)]
+            run_step(self, slimadam_step, slimadam_step_foreach, (params, grads, exp_avgs, exp_avg_sqs, tuple(layout)),
+                     list(slots), key)
         return loss
 
 
 def slimadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                  exp_avg_sqs: list[torch.Tensor], layout: tuple, slots: list[tuple[float, ...]]) -> None:
+                  exp_avg_sqs: list[torch.Tensor], layout: tuple, slimadam_scalars: list[tuple[float, ...]]) -> None:
     """Every tensor's step, one at a time (what ``torch.compile`` fuses).
 
-    ``layout[i]`` = (compression axes, scalar slot) of tensor i; ``slots[j]`` = (b1, b2, eps,
-    lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr*wd).
+    ``layout[i]`` = (compression axes, scalar slot) of tensor i; ``slimadam_scalars[j]`` = (b1,
+    b2, eps, lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr*wd).
     """
     for p, g, m, v, (axes, slot) in zip(params, grads, exp_avgs, exp_avg_sqs, layout, strict=True):
-        b1, b2, eps, step_size, bc2_sqrt, decay = slots[slot]
+        b1, b2, eps, step_size, bc2_sqrt, decay = slimadam_scalars[slot]
         ema_(m, g, b1)
-        v.mul_(b2).add_(mean_square(g, axes), alpha=1 - b2)
-        p.mul_(decay).addcdiv_(m, v.sqrt().div_(bc2_sqrt).add_(eps), value=-step_size)
+        ema_(v, mean_square(g, axes), b2)
+        p.mul_(decay).sub_(m / v.sqrt().div_(bc2_sqrt).add_(eps) * step_size)
 
 
 def slimadam_step_foreach(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                          exp_avg_sqs: list[torch.Tensor], layout: tuple, slots: list[tuple[float, ...]]) -> None:
+                          exp_avg_sqs: list[torch.Tensor], layout: tuple,
+                          slimadam_scalars: list[tuple[float, ...]]) -> None:
     """The same step eagerly: multi-tensor ops over the tensors that share a slot."""
-    for slot, (b1, b2, eps, step_size, bc2_sqrt, decay) in enumerate(slots):
+    for slot, (b1, b2, eps, step_size, bc2_sqrt, decay) in enumerate(slimadam_scalars):
         idx = [i for i, (_, s) in enumerate(layout) if s == slot]
         full = [i for i in idx if layout[i][0] is None]
         slim = [i for i in idx if layout[i][0] is not None]
@@ -380,6 +386,9 @@ register_optimizer(
         lr_vs_adamw=1.0,  # Adam-normalised update: starts at the task's AdamW lr
         needs_model_info=True,
         input_files=lambda task, hparams: [hparams["rules"]] if isinstance(hparams.get("rules"), str) else [],
+        # Read p, g and exp_avg, write p and exp_avg: 20 bytes in float32; the compressed exp_avg_sq
+        # is one value per row or column.
+        bound_bytes_per_param=20,
         description="SlimAdamW, second moment averaged along axes chosen by layer role (Table 1)",
     )
 )
@@ -397,6 +406,9 @@ register_optimizer(
         needs_model_info=True,
         input_files=lambda task, hparams: [snr_rules_path(task)],
         task_check=snr_rules_for_task,
+        # Read p, g and exp_avg, write p and exp_avg: 20 bytes in float32; the compressed exp_avg_sq
+        # is one value per row or column.
+        bound_bytes_per_param=20,
         description="SlimAdamW with per-task rules from `optbench snr` (optimizers/rules/<task>.json)",
     )
 )

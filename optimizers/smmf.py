@@ -26,9 +26,12 @@ gradient that its update never reads, so there decay does nothing in that mode; 
 as the paper's Algorithm 1 intends.
 
 State per factorized tensor: four float32 factor vectors and the sign packed 1 bit per
-element in uint8 (the paper's 1-bit sign; the official code keeps a bool per element):
-8(n+m) + ceil(N/8) bytes. Bit i of byte j is the sign of element 8j+i of the matricized view
-(``pack_signs``). The step count is a Python int in the state (no tensor).
+element (the paper's 1-bit sign; the official code keeps a bool per element), 32 rows to an
+int32 word: 8(n+m) + 4·ceil(n/32)·m bytes. Bit i of word (r, c) is the sign of element
+(32r+i, c) of the matricized view (``pack_signs``), so a step running along a row reads and
+writes whole vectors of words with one shift; n is padded to a multiple of 32 (at most 31
+unused bits per column, fewer bytes than the factors take). The step count is a Python int
+in the state (no tensor).
 
 The step is one function over every tensor, compiled by default (``optbench.optimizers._common``);
 the eager path runs the same row function on blocks of rows, so that its scratch stays a few
@@ -45,6 +48,7 @@ import torch
 from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
+    column_sums,
     decay_factor,
     ema_,
     initial_impl,
@@ -107,24 +111,38 @@ def rank1_nnmf(matrix: torch.Tensor, *, absolute: bool = False) -> tuple[torch.T
     return rank1_factors(matrix.sum(dim=1), matrix.sum(dim=0))
 
 
-def _bit_shifts(device: torch.device) -> torch.Tensor:
-    return torch.arange(8, dtype=torch.uint8, device=device)
+SIGN_BITS = 32  # rows packed into one int32 word of signs
+
+
+def sign_shape(rows: int, cols: int) -> tuple[int, int]:
+    """The packed sign of a (rows, cols) matrix: one row of int32 words per 32 rows."""
+    return math.ceil(rows / SIGN_BITS), cols
 
 
 def pack_signs(positive: torch.Tensor) -> torch.Tensor:
-    """Pack a bool tensor (any shape, N elements) into ceil(N/8) uint8: bit i of byte j is element 8j+i."""
-    flat = positive.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
-    return (flat.view(-1, 8) << _bit_shifts(flat.device)).sum(dim=1, dtype=torch.uint8)
+    """Pack a (rows, cols) bool matrix into ``sign_shape`` int32: bit i of word (r, c) is element (32r+i, c).
+
+    Int32 words, not bytes: compiled for a CPU, a step that runs along a row then loads and
+    shifts whole vectors of words in the lanes of its float32 vectors (uint8 vectors compile to
+    partial loads several times slower). Bit 31 is the sign bit of the word.
+    """
+    rows, cols = positive.shape
+    planes = torch.nn.functional.pad(positive.to(torch.int32), (0, 0, 0, -rows % SIGN_BITS))
+    planes = planes.view(-1, SIGN_BITS, cols)
+    packed = planes[:, 0]
+    for bit in range(1, SIGN_BITS):
+        packed = packed | (planes[:, bit] << bit)
+    return packed
 
 
-def unpack_signs(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    """The bool tensor of ``numel`` elements that ``pack_signs`` packed."""
-    return _unpack_bits(packed, numel).bool()
+def unpack_signs(packed: torch.Tensor, rows: int) -> torch.Tensor:
+    """The (rows, cols) bool matrix that ``pack_signs`` packed."""
+    return _unpack_bits(packed, rows).bool()
 
 
-def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    return ((packed.unsqueeze(1) >> _bit_shifts(packed.device)) & 1).view(-1)[:numel]
+def _unpack_bits(packed: torch.Tensor, rows: int) -> torch.Tensor:
+    shifts = torch.arange(SIGN_BITS, dtype=torch.int32, device=packed.device).view(1, SIGN_BITS, 1)
+    return ((packed.unsqueeze(1) >> shifts) & 1).view(-1, packed.shape[1])[:rows]
 
 
 def beta1_at(step: int, beta: float, growth_rate: float) -> float:
@@ -145,39 +163,39 @@ def smmf_matrix_shape(param: torch.Tensor) -> tuple[int, int]:
 
 def factored_rows(param: torch.Tensor, grad: torch.Tensor, row_m: torch.Tensor, col_m: torch.Tensor,
                   row_v: torch.Tensor, col_v: torch.Tensor, sign: torch.Tensor, scalars: Sequence[float],
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  l2_term: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SMMF's step on a block of rows of one matricized tensor; the new moments' row and column sums.
 
     ``param``, ``grad``: (h, m) rows of the matricized views; ``row_m``, ``row_v``: (h,) their
     row factors; ``col_m``, ``col_v``: (m,) the column factors; ``sign``: the packed signs of
-    these rows, overwritten with the new ones. ``scalars`` = (b1_t, b2_t, eps, decay, lr, l2).
+    these rows, overwritten with the new ones. ``scalars`` = (b1_t, b2_t, eps, decay, lr, l2);
+    ``l2_term``: add ``l2 * param`` to the gradient (weight_decay_mode "adam").
     Returns (row sums of |M|, column sums of |M|, row sums of V, column sums of V).
     """
     b1, b2, eps, decay, lr, l2 = scalars
     g = grad.float()
-    if l2 != 0:  # weight_decay_mode="adam": the L2 term joins the gradient the moments see
-        g = g.add(param.float(), alpha=l2)
+    if l2_term:  # weight_decay_mode="adam": the L2 term joins the gradient the moments see
+        g = g + param.float() * l2
     rows, cols = g.shape
-    moment = torch.outer(row_m, col_m).mul_(_unpack_bits(sign, rows * cols).view(rows, cols) * 2.0 - 1.0)
-    ema_(moment, g, b1)  # M = b1*M_hat + (1-b1)*G
+    # Out of place, so that a compiled step computes M and V where they are used instead of
+    # storing them (in place, each would become a dense buffer); the eager path's blocks are small.
+    moment = torch.outer(row_m, col_m) * (_unpack_bits(sign, rows) * 2.0 - 1.0) * b1 + g * (1 - b1)  # M
+    second = torch.outer(row_v, col_v) * b2 + g * g * (1 - b2)  # V = b2*V_hat + (1-b2)*G²
     sign.copy_(pack_signs(moment > 0))
     magnitude = moment.abs()
-    sums = [magnitude.sum(dim=1), magnitude.sum(dim=0)]
-    del magnitude
-    second = torch.outer(row_v, col_v).mul_(b2).addcmul_(g, g, value=1 - b2)  # V = b2*V_hat + (1-b2)*G²
-    sums += [second.sum(dim=1), second.sum(dim=0)]
-    param.mul_(decay).addcdiv_(moment, second.sqrt_().add_(eps), value=-lr)
-    return sums[0], sums[1], sums[2], sums[3]
+    sums = (magnitude.sum(dim=1), column_sums(magnitude), second.sum(dim=1), column_sums(second))
+    param.mul_(decay).sub_(moment / (second.sqrt() + eps) * lr)
+    return sums
 
 
 def plain_adam_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                scalars: Sequence[float]) -> None:
+                scalars: Sequence[float], l2_term: bool = False) -> None:
     """The same update with full moments (the reference's ``_adam``): no factors, no bias correction."""
     b1, b2, eps, decay, lr, l2 = scalars
-    g = grad if l2 == 0 else grad.add(param, alpha=l2)
+    g = grad + param * l2 if l2_term else grad
     ema_(exp_avg, g, b1)
-    exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
-    param.mul_(decay).addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-lr)
+    ema_(exp_avg_sq, g * g, b2)
+    param.mul_(decay).sub_(exp_avg / exp_avg_sq.sqrt().add_(eps) * lr)
 
 
 def _set_factors(rows: torch.Tensor, cols: torch.Tensor, row_sums: torch.Tensor, col_sums: torch.Tensor) -> None:
@@ -194,19 +212,21 @@ def _matrix(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def smmf_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
-              layout: tuple, slots: list[tuple[float, ...]]) -> None:
+              layout: tuple, smmf_scalars: list[tuple[float, ...]]) -> None:
     """Every tensor's step in one function (what ``torch.compile`` fuses): whole matrices at once.
 
-    ``layout[i]`` = (kind, matricized shape, scalar slot, contiguous) of tensor i; ``slots[j]``
-    the scalars of ``factored_rows``.
+    ``layout[i]`` = (kind, matricized shape, scalar slot, contiguous, L2 term) of tensor i;
+    ``smmf_scalars[j]`` the scalars of ``factored_rows``.
     """
-    for p, g, state, (kind, shape, slot, contiguous) in zip(params, grads, states, layout, strict=True):
+    for p, g, state, (kind, shape, slot, contiguous, l2_term) in zip(params, grads, states, layout, strict=True):
         work = p if contiguous else p.contiguous()
+        scalars = smmf_scalars[slot]
         if kind == PLAIN:
-            plain_adam_(work, g, state[0], state[1], slots[slot])
+            plain_adam_(work, g, state[0], state[1], scalars, l2_term)
         else:
             row_m, col_m, row_v, col_v, sign = state
-            sums = factored_rows(work.view(shape), _matrix(g, shape), row_m, col_m, row_v, col_v, sign, slots[slot])
+            sums = factored_rows(work.view(shape), _matrix(g, shape), row_m, col_m, row_v, col_v, sign, scalars,
+                                 l2_term)
             _set_factors(row_m, col_m, sums[0], sums[1])
             _set_factors(row_v, col_v, sums[2], sums[3])
         if not contiguous:
@@ -214,30 +234,30 @@ def smmf_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: lis
 
 
 def smmf_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
-                    layout: tuple, slots: list[tuple[float, ...]]) -> None:
-    """The same step, eagerly, on blocks of at most ``CHUNK_ELEMENTS`` (rows a multiple of 8, so
-    that each block's signs are whole bytes): the scratch is a few blocks, not a few tensors."""
-    for p, g, state, (kind, shape, slot, contiguous) in zip(params, grads, states, layout, strict=True):
+                    layout: tuple, smmf_scalars: list[tuple[float, ...]]) -> None:
+    """The same step, eagerly, on blocks of at most ``CHUNK_ELEMENTS`` (rows a multiple of 32, so
+    that each block's signs are whole words): the scratch is a few blocks, not a few tensors."""
+    for p, g, state, (kind, shape, slot, contiguous, l2_term) in zip(params, grads, states, layout, strict=True):
         work = p if contiguous else p.contiguous()
         if kind == PLAIN:
-            plain_adam_(work, g, state[0], state[1], slots[slot])
+            plain_adam_(work, g, state[0], state[1], smmf_scalars[slot], l2_term)
         else:
-            _factored_in_blocks(work.view(shape), _matrix(g, shape), state, slots[slot])
+            _factored_in_blocks(work.view(shape), _matrix(g, shape), state, smmf_scalars[slot], l2_term)
         if not contiguous:
             p.copy_(work)
 
 
 def _factored_in_blocks(param: torch.Tensor, grad: torch.Tensor, state: tuple[torch.Tensor, ...],
-                        scalars: Sequence[float]) -> None:
+                        scalars: Sequence[float], l2_term: bool) -> None:
     row_m, col_m, row_v, col_v, sign = state
     rows, cols = param.shape
-    block = max(8, CHUNK_ELEMENTS // cols // 8 * 8)
+    block = max(SIGN_BITS, CHUNK_ELEMENTS // cols // SIGN_BITS * SIGN_BITS)
     row_sums_m, row_sums_v = torch.empty_like(row_m), torch.empty_like(row_v)
     col_sums_m, col_sums_v = torch.zeros_like(col_m), torch.zeros_like(col_v)
     for lo in range(0, rows, block):
         hi = min(rows, lo + block)
         sums = factored_rows(param[lo:hi], grad[lo:hi], row_m[lo:hi], col_m, row_v[lo:hi], col_v,
-                             sign[lo * cols // 8:math.ceil(hi * cols / 8)], scalars)
+                             sign[lo // SIGN_BITS:math.ceil(hi / SIGN_BITS)], scalars, l2_term)
         row_sums_m[lo:hi], row_sums_v[lo:hi] = sums[0], sums[2]
         col_sums_m += sums[1]
         col_sums_v += sums[3]
@@ -282,7 +302,7 @@ class SMMF(KeepStateDtypes, torch.optim.Optimizer):
             zeros = lambda n: torch.zeros(n, dtype=torch.float32, device=p.device)  # noqa: E731
             state["row_m"], state["col_m"] = zeros(rows), zeros(cols)
             state["row_v"], state["col_v"] = zeros(rows), zeros(cols)
-            state["sign"] = torch.zeros(math.ceil(p.numel() / 8), dtype=torch.uint8, device=p.device)
+            state["sign"] = torch.zeros(sign_shape(rows, cols), dtype=torch.int32, device=p.device)
         else:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
@@ -300,18 +320,19 @@ class SMMF(KeepStateDtypes, torch.optim.Optimizer):
             state["step"] += 1
             scalars = _step_scalars(state["step"], group)
             slot = slots.setdefault(scalars, len(slots))
+            l2_term = scalars[-1] != 0
             if "sign" in state:
                 tensors = (state["row_m"], state["col_m"], state["row_v"], state["col_v"], state["sign"])
-                layout.append((FACTORED, smmf_matrix_shape(p), slot, p.is_contiguous()))
+                layout.append((FACTORED, smmf_matrix_shape(p), slot, p.is_contiguous(), l2_term))
             else:
                 tensors = (state["exp_avg"], state["exp_avg_sq"])
-                layout.append((PLAIN, tuple(p.shape), slot, p.is_contiguous()))
+                layout.append((PLAIN, tuple(p.shape), slot, p.is_contiguous(), l2_term))
             params.append(p)
             grads.append(p.grad)
             states.append(tensors)
         if params:
-            key = (tuple(layout), tuple((p.dtype, p.grad.dtype, p.device) for p in params))
-            run_step(self, smmf_step, smmf_step_eager, key, params, grads, states, tuple(layout), list(slots))
+            key = [(entry, p.shape, p.dtype, p.grad.dtype, p.device) for entry, p in zip(layout, params, strict=True)]
+            run_step(self, smmf_step, smmf_step_eager, (params, grads, states, tuple(layout)), list(slots), key)
         return loss
 
 
@@ -346,12 +367,12 @@ def build_smmf(model: nn.Module, lr: float, *, beta=0.9, eps=1e-8, weight_decay=
 
 
 def smmf_param_state_bytes(param: torch.Tensor, vector_reshape: bool = True) -> int:
-    """Factorized: four float32 factors (2 rows + 2 cols) and ceil(N/8) sign bytes; otherwise
-    two full moments in the parameter's dtype."""
+    """Factorized: four float32 factors (2 rows + 2 cols) and ceil(rows/32)·cols int32 words of
+    signs; otherwise two full moments in the parameter's dtype."""
     if not factorizes(param.shape, vector_reshape):
         return 2 * param.numel() * param.element_size()
     rows, cols = smmf_matrix_shape(param)
-    return 4 * 2 * (rows + cols) + math.ceil(param.numel() / 8)
+    return 4 * 2 * (rows + cols) + 4 * math.prod(sign_shape(rows, cols))
 
 
 def smmf_state_bytes(model: nn.Module, vector_reshape: bool = True, **_: object) -> int:

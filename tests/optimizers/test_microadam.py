@@ -13,6 +13,7 @@ from optbench.optimizers.microadam import (
     build_microadam,
     dequantize4,
     index_dtype,
+    log_or_floor,
     microadam_param_state_bytes,
     microadam_state_bytes,
     official_device_unmet,
@@ -23,7 +24,7 @@ from optbench.optimizers.microadam import (
     window_weights,
 )
 from torch import nn
-from toy_model import toy, toy_loss, train
+from toy_model import compiled_graphs, toy, toy_loss, train
 
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
@@ -75,10 +76,12 @@ def test_layout_and_index_dtype() -> None:
 
 def test_window_weights_are_made_on_the_device_for_filled_slots_only() -> None:
     # step 2 of a window of 4: slot 1 written now (age 0), slot 0 a step ago (age 1), slots 2-3 empty
-    w = window_weights(2.0, 4, 0.9, torch.device("cpu"))
+    w = window_weights(2.0, 4, 0.9, math.log(0.9), torch.device("cpu"))
     assert torch.allclose(w, torch.tensor([0.1 * 0.9, 0.1, 0.0, 0.0]))
-    w = window_weights(6.0, 4, 0.5, torch.device("cpu"))  # slot 1 is the newest, slot 2 the oldest
+    w = window_weights(6.0, 4, 0.5, math.log(0.5), torch.device("cpu"))  # slot 1 is the newest, slot 2 the oldest
     assert torch.allclose(w, torch.tensor([0.25, 0.5, 0.0625, 0.125]))
+    w = window_weights(6.0, 4, 0.0, log_or_floor(0.0), torch.device("cpu"))  # beta 0: the newest slot only
+    assert torch.equal(w, torch.tensor([0.0, 1.0, 0.0, 0.0]))
 
 
 def bf16_grads(shape: tuple[int, ...], steps: int) -> list[torch.Tensor]:
@@ -248,9 +251,11 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     kw = dict(k_init=0.2, quant_block_size=16, topk_block_size=20, weight_decay=0.1)
     opt, eager = build_microadam(model, 1e-2, **kw), build_microadam(ref, 1e-2, compile=False, **kw)
     assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
+    graphs = compiled_graphs()
     train(model, opt, 5)
     train(ref, eager, 5)
     assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
+    assert compiled_graphs() - graphs == 1, "the step recompiled (a per-step number compiled in as a constant?)"
     for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
         err = ((p - q).norm() / q.norm()).item()
         assert err < 1e-6, f"{name}: relative error {err:.2e}"

@@ -10,6 +10,7 @@ import toy_model
 from optbench.optimizers import slimadam
 from optbench.optimizers.slimadam import SlimAdamW, build_slimadam, compression_axes, static_rules
 from torch import nn
+from toy_model import compiled_graphs
 
 from optbench.model_info import ModelInfo, attach_info
 from optbench.registry import get_optimizer
@@ -207,7 +208,9 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     opt = build_slimadam(model, 1e-2, weight_decay=0.1, compile=True)
     eager = build_slimadam(ref, 1e-2, weight_decay=0.1, compile=False)
     assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
+    graphs = compiled_graphs()
     train(model, opt, 5)
     train(ref, eager, 5)
     assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
+    assert compiled_graphs() - graphs == 1, "the step recompiled (a per-step number compiled in as a constant?)"
     assert_params_close(model, ref, 1e-6)

@@ -19,7 +19,7 @@ from optbench.optimizers.smmf import (
     unpack_signs,
 )
 from torch import nn
-from toy_model import toy, toy_loss, train
+from toy_model import compiled_graphs, toy, toy_loss, train
 
 from optbench.param_groups import decayed_names
 from optbench.registry import get_optimizer
@@ -32,15 +32,18 @@ def test_square_matricize(numel: int, shape: tuple[int, int]) -> None:
     assert square_matricize(numel) == shape
 
 
-@pytest.mark.parametrize("numel", [1, 7, 8, 9, 17, 64, 101])
-def test_sign_pack_round_trip(numel: int) -> None:
-    bits = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.5
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (32, 5), (33, 2), (64, 4), (101, 1)])
+def test_sign_pack_round_trip(shape: tuple[int, int]) -> None:
+    rows, cols = shape
+    bits = torch.rand(shape, generator=torch.Generator().manual_seed(rows)) > 0.5
     packed = pack_signs(bits)
-    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(numel / 8)
-    assert torch.equal(unpack_signs(packed, numel), bits)
-    # bit i of byte j is element 8j+i, so a block of rows packs into whole bytes of its own
-    if numel >= 16:
-        assert torch.equal(packed[1:2], pack_signs(bits[8:16]))
+    assert packed.dtype == torch.int32 and packed.shape == (math.ceil(rows / 32), cols)
+    assert torch.equal(unpack_signs(packed, rows), bits)
+    # bit i of word (r, c) is element (32r+i, c): every block of 32 rows packs into a row of words of its own
+    word = sum(int(bits[i, 0]) << i for i in range(min(32, rows)))
+    assert int(packed[0, 0]) % 2**32 == word
+    if rows >= 64:
+        assert torch.equal(packed[1:2], pack_signs(bits[32:64]))
 
 
 def test_rank1_nnmf_closed_form() -> None:
@@ -115,7 +118,7 @@ def test_equals_dense_reference(mode: str, vector_reshape: bool) -> None:
     dense_smmf(ref, 6, 1e-2, mode=mode, vector_reshape=vector_reshape, **kw)
     assert_close(model, ref, 1e-5)
     state = opt.state[model.conv.weight]  # 54 elements -> (9, 6)
-    assert state["row_m"].shape == (9,) and state["col_v"].shape == (6,) and state["sign"].numel() == 7
+    assert state["row_m"].shape == (9,) and state["col_v"].shape == (6,) and state["sign"].shape == (1, 6)
 
 
 class Singletons(nn.Module):
@@ -157,16 +160,22 @@ def test_singleton_dims_decide_on_the_squeezed_shape(vector_reshape: bool) -> No
         assert smmf_param_state_bytes(model.deep, False) == 2 * 40 * 4
 
 
+def wide_loss(model: nn.Linear, step: int) -> torch.Tensor:
+    x = torch.randn(8, 40, generator=torch.Generator().manual_seed(step))
+    return model(x).tanh().square().mean()
+
+
 def test_blocks_of_rows_equal_the_whole_matrix(monkeypatch) -> None:
-    """The eager step works on blocks of rows; with blocks of 8 rows it must equal one block."""
-    model, ref = toy(), toy()
+    """The eager step works on blocks of rows; with blocks of 32 rows it must equal one block."""
+    model, ref = (nn.Linear(40, 80, bias=False) for _ in range(2))
+    ref.load_state_dict(model.state_dict())
     opt, whole = build_smmf(model, 1e-2, weight_decay=0.05), build_smmf(ref, 1e-2, weight_decay=0.05)
-    train(ref, whole, 4)
-    monkeypatch.setattr(smmf, "CHUNK_ELEMENTS", 8)  # conv (9, 6) and lin (9, 8): blocks of 8 rows and 1
-    train(model, opt, 4)
+    train(ref, whole, 4, loss_fn=wide_loss)
+    monkeypatch.setattr(smmf, "CHUNK_ELEMENTS", 8)  # 3200 elements -> (64, 50): two blocks of 32 rows
+    train(model, opt, 4, loss_fn=wide_loss)
     assert_close(model, ref, 1e-6)
-    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
-        assert torch.equal(opt.state[p]["sign"], whole.state[q]["sign"])
+    assert opt.state[model.weight]["sign"].shape == (2, 50)
+    assert torch.equal(opt.state[model.weight]["sign"], whole.state[ref.weight]["sign"])
 
 
 def test_state_dict_round_trip_continues_identically() -> None:
@@ -176,7 +185,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     twin.load_state_dict(model.state_dict())
     fresh = build_smmf(twin, 1e-2, weight_decay=0.3)  # the loaded groups bring back weight_decay=0
     fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
-    assert fresh.state[twin.lin.weight]["sign"].dtype == torch.uint8
+    assert fresh.state[twin.lin.weight]["sign"].dtype == torch.int32
     train(model, opt, 3, start=3)
     train(twin, fresh, 3, start=3)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
@@ -217,7 +226,8 @@ def test_registration_and_state_bytes() -> None:
     measured = optimizer_state_bytes(opt)
     assert measured == spec.state_bytes(model, **hp)
     # conv 54 -> (9,6); lin 72 -> (9,8); conv bias 3 -> (3,1); lin bias 6 -> (3,2); prime 13 -> (13,1); ...
-    expected = sum(8 * sum(square_matricize(p.numel())) + math.ceil(p.numel() / 8) for p in model.parameters())
+    shapes = [square_matricize(p.numel()) for p in model.parameters()]
+    expected = sum(8 * (rows + cols) + 4 * math.ceil(rows / 32) * cols for rows, cols in shapes)
     assert measured == expected
     assert spec.bound_bytes_per_param == 12.25
 
@@ -229,7 +239,9 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     opt = build_smmf(model, 1e-2, weight_decay=0.05, decay_rate=-0.8)
     eager = build_smmf(ref, 1e-2, weight_decay=0.05, decay_rate=-0.8, compile=False)
     assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
+    graphs = compiled_graphs()
     train(model, opt, 5)
     train(ref, eager, 5)
     assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
+    assert compiled_graphs() - graphs == 1, "the step recompiled (a per-step number compiled in as a constant?)"
     assert_close(model, ref, 1e-6)

@@ -49,3 +49,10 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, start: int =
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has made in this process (to catch a step that recompiles)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
