@@ -41,11 +41,12 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-import torch.nn.functional as F
+from optbench.tasks._text import next_byte_loss
 from tabulate import tabulate
 from torch import nn
 
 from optbench.bandwidth import add_bytes, add_seconds, over_bound
+from optbench.loop import TrainingStep
 from optbench.registry import optimizers
 from optbench.state import optimizer_state_bytes
 
@@ -80,8 +81,7 @@ def fill_gradients(model: nn.Module, batch_size: int = 4, seed: int = 0) -> None
     vocab, context = model.wte.num_embeddings, model.context
     idx = torch.randint(0, vocab, (batch_size, context + 1), generator=torch.Generator().manual_seed(seed)).to(device)
     model.zero_grad(set_to_none=True)
-    logits = model(idx[:, :-1])
-    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1)).backward()
+    TrainingStep(next_byte_loss).gradients(model, (idx[:, :-1], idx[:, 1:]))  # the suite's one forward/backward
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
