@@ -1,0 +1,56 @@
+"""Step time against the bandwidth bound, and the ratio benchmark's JSON and median table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optbench.bandwidth import add_bytes, bound_seconds, measure_bandwidth, over_bound
+from optbench.registry import optimizers
+
+
+def test_bound_is_bytes_over_bandwidth() -> None:
+    # 1M parameters at 28 bytes each, at 28 GB/s: 1 ms; a 2 ms step runs at twice its bound
+    assert bound_seconds(28, 1_000_000, 28e9) == pytest.approx(1e-3)
+    assert over_bound(2e-3, 28, 1_000_000, 28e9) == pytest.approx(2.0)
+    assert over_bound(2e-3, None, 1_000_000, 28e9) is None  # a spec that declares no bound
+    assert over_bound(None, 28, 1_000_000, 28e9) is None
+    assert add_bytes(10) == 120
+
+
+def test_measured_bandwidth_is_plausible() -> None:
+    bandwidth = measure_bandwidth(numel=1 << 20, repeats=3)
+    assert 1e8 < bandwidth < 1e13
+
+
+def test_every_registered_optimizer_declares_its_bound() -> None:
+    missing = [name for name, spec in optimizers().items() if not spec.bound_bytes_per_param]
+    assert not missing, f"no bound_bytes_per_param on {missing}"
+    assert optimizers()["adamw"].bound_bytes_per_param == 28
+
+
+def test_ratio_benchmark_writes_the_json_the_issue_names(tmp_path, capsys) -> None:
+    from benchmarks import optimizer_ratios, ratio_table
+
+    out = tmp_path / "run.json"
+    assert optimizer_ratios.main(["--model", "topics", "--steps", "2", "--warmup", "1", "--optimizers", "sgd",
+                                  "--no-scratch", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {r["optimizer"] for r in data["optimizers"]} == {"adamw", "sgd"}
+    row = next(r for r in data["optimizers"] if r["optimizer"] == "sgd")
+    assert {"optimizer", "step_ms", "step_ratio", "bound_bytes_per_param", "bound_ratio", "state_ratio"} <= set(row)
+    assert row["bound_bytes_per_param"] == 20 and row["bound_ratio"] > 0
+    assert row["state_ratio"] == pytest.approx(0.5, rel=1e-3)  # one momentum buffer against two moments
+    assert data["model"] == "topics" and data["params"] > 800_000 and data["bandwidth_gbs"] > 0
+    table = tmp_path / "table.md"
+    assert ratio_table.main([str(out), str(out), "--out", str(table)]) == 0
+    assert "| sgd | package |" in table.read_text() and "median of 2 runs" in table.read_text()
+
+
+def test_ratio_benchmark_refuses_an_unknown_model() -> None:
+    from benchmarks import optimizer_ratios
+
+    with pytest.raises(SystemExit) as exc:
+        optimizer_ratios.main(["--model", "70b"])
+    assert exc.value.code == 2
