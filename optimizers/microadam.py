@@ -305,12 +305,10 @@ def microadam_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], 
 
 
 def _every_tensor(params, grads, states, layout, slots, whole: bool) -> None:
-    for p, g, (indices, values, *error), (tensor_layout, slot, contiguous) in zip(params, grads, states, layout,
-                                                                                 strict=True):
-        work = p if contiguous else p.contiguous()
-        microadam_tensor_(work.view(-1), g.reshape(-1), indices, values, error, tensor_layout, slots[slot], whole)
-        if not contiguous:
-            p.copy_(work)
+    """``params`` and ``grads`` come flat (``MicroAdam.step`` makes the views: a reshape inside a
+    compiled graph with symbolic shapes costs several times the step)."""
+    for p, g, (indices, values, *error), (tensor_layout, slot) in zip(params, grads, states, layout, strict=True):
+        microadam_tensor_(p, g, indices, values, error, tensor_layout, slots[slot], whole)
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -369,7 +367,7 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads, states, layout, slots = [], [], [], [], {}
+        params, grads, states, layout, slots, write_back = [], [], [], [], {}, []
         for p, group in params_with_grads(self):
             state = self.state[p] or self._init_state(p, group)
             state["step"] += 1
@@ -382,15 +380,22 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
                                                                 state["error_max"])
             tensor_layout = (topk_layout(p.numel(), group["topk_block_size"], group["k_init"]),
                              group["quant_block_size"], group["m"], group["alpha"] > 0)
-            layout.append((tensor_layout, slots.setdefault(scalars, len(slots)), p.is_contiguous()))
-            params.append(p)
-            grads.append(p.grad)
+            layout.append((tensor_layout, slots.setdefault(scalars, len(slots))))
+            if p.is_contiguous():
+                flat = p.view(-1)
+            else:  # a copy, written back after the step
+                flat = p.contiguous().view(-1)
+                write_back.append((p, flat))
+            params.append(flat)
+            grads.append(p.grad.reshape(-1))
             states.append((state["indices"], state["values"], *error))
         if params:
-            key = [(entry, p.shape, p.dtype, p.grad.dtype, p.device, len(s))
-                   for entry, p, s in zip(layout, params, states, strict=True)]
+            key = [(entry, p.shape, p.dtype, g.dtype, p.device, len(s))
+                   for entry, p, g, s in zip(layout, params, grads, states, strict=True)]
             run_step(self, microadam_step, microadam_step_eager, (params, grads, states, tuple(layout)), list(slots),
                      key)
+        for p, flat in write_back:
+            p.copy_(flat.view(p.shape))
         return loss
 
 

@@ -14,8 +14,8 @@ With ``K = None`` everywhere this is AdamW. Weight decay follows ``optbench.para
 
 The step is one function over every tensor (``slimadam_step``), compiled by default
 (``optbench.optimizers._common.run_step``); the eager path does the same math with
-multi-tensor (``torch._foreach_*``) ops. Step counts are 0-d float32 tensors on the CPU, as
-torch's own Adam keeps them, so reading them costs no host-device sync.
+multi-tensor (``torch._foreach_*``) ops. Step counts are Python ints in the state (no tensor):
+reading them costs no host-device sync.
 
 Axes come from one of:
 - static rules by layer role (the paper's Table 1; see ``ROLE_AXES``), built by
@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 from optbench.optimizers._common import (
-    STEP_BYTES,
     bias_correction,
     check_betas,
     check_lr,
@@ -204,11 +203,11 @@ class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
                     raise ValueError("SlimAdamW does not support sparse gradients")
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)  # on the CPU: read without a sync
+                    state["step"] = 0  # a Python int: no tensor op per step, nothing to read back
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros(compressed_shape(p.shape, axes), dtype=p.dtype, device=p.device)
                 state["step"] += 1
-                t = state["step"].item()
+                t = state["step"]
                 scalars = (beta1, beta2, group["eps"], lr / bias_correction(beta1, t),
                            math.sqrt(bias_correction(beta2, t)), decay_factor(lr, group["weight_decay"]))
                 layout.append((axes, slots.setdefault(scalars, len(slots))))
@@ -316,7 +315,6 @@ def _v_bytes(model: nn.Module, axes: dict[str, Axes]) -> int:
     for name, p in _trainable_named(model):
         total += p.numel() * p.element_size()  # exp_avg
         total += math.prod(compressed_shape(p.shape, axes[name])) * p.element_size()  # exp_avg_sq
-        total += STEP_BYTES
     return total
 
 

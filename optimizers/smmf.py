@@ -215,36 +215,30 @@ def smmf_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: lis
               layout: tuple, smmf_scalars: list[tuple[float, ...]]) -> None:
     """Every tensor's step in one function (what ``torch.compile`` fuses): whole matrices at once.
 
-    ``layout[i]`` = (kind, matricized shape, scalar slot, contiguous, L2 term) of tensor i;
-    ``smmf_scalars[j]`` the scalars of ``factored_rows``.
+    ``params`` and ``grads`` come already matricized (``SMMF.step`` makes the views: a reshape
+    inside a compiled graph with symbolic shapes costs several times the step). ``layout[i]`` =
+    (kind, scalar slot, L2 term) of tensor i; ``smmf_scalars[j]`` the scalars of ``factored_rows``.
     """
-    for p, g, state, (kind, shape, slot, contiguous, l2_term) in zip(params, grads, states, layout, strict=True):
-        work = p if contiguous else p.contiguous()
+    for p, g, state, (kind, slot, l2_term) in zip(params, grads, states, layout, strict=True):
         scalars = smmf_scalars[slot]
         if kind == PLAIN:
-            plain_adam_(work, g, state[0], state[1], scalars, l2_term)
+            plain_adam_(p, g, state[0], state[1], scalars, l2_term)
         else:
             row_m, col_m, row_v, col_v, sign = state
-            sums = factored_rows(work.view(shape), _matrix(g, shape), row_m, col_m, row_v, col_v, sign, scalars,
-                                 l2_term)
+            sums = factored_rows(p, g, row_m, col_m, row_v, col_v, sign, scalars, l2_term)
             _set_factors(row_m, col_m, sums[0], sums[1])
             _set_factors(row_v, col_v, sums[2], sums[3])
-        if not contiguous:
-            p.copy_(work)
 
 
 def smmf_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
                     layout: tuple, smmf_scalars: list[tuple[float, ...]]) -> None:
     """The same step, eagerly, on blocks of at most ``CHUNK_ELEMENTS`` (rows a multiple of 32, so
     that each block's signs are whole words): the scratch is a few blocks, not a few tensors."""
-    for p, g, state, (kind, shape, slot, contiguous, l2_term) in zip(params, grads, states, layout, strict=True):
-        work = p if contiguous else p.contiguous()
+    for p, g, state, (kind, slot, l2_term) in zip(params, grads, states, layout, strict=True):
         if kind == PLAIN:
-            plain_adam_(work, g, state[0], state[1], smmf_scalars[slot], l2_term)
+            plain_adam_(p, g, state[0], state[1], smmf_scalars[slot], l2_term)
         else:
-            _factored_in_blocks(work.view(shape), _matrix(g, shape), state, smmf_scalars[slot], l2_term)
-        if not contiguous:
-            p.copy_(work)
+            _factored_in_blocks(p, g, state, smmf_scalars[slot], l2_term)
 
 
 def _factored_in_blocks(param: torch.Tensor, grad: torch.Tensor, state: tuple[torch.Tensor, ...],
@@ -314,25 +308,32 @@ class SMMF(KeepStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads, states, layout, slots = [], [], [], [], {}
+        params, grads, states, layout, slots, write_back = [], [], [], [], {}, []
         for p, group in params_with_grads(self):
             state = self.state[p] or self._init_state(p, group)
             state["step"] += 1
             scalars = _step_scalars(state["step"], group)
-            slot = slots.setdefault(scalars, len(slots))
-            l2_term = scalars[-1] != 0
+            layout.append((FACTORED if "sign" in state else PLAIN, slots.setdefault(scalars, len(slots)),
+                           scalars[-1] != 0))
             if "sign" in state:
-                tensors = (state["row_m"], state["col_m"], state["row_v"], state["col_v"], state["sign"])
-                layout.append((FACTORED, smmf_matrix_shape(p), slot, p.is_contiguous(), l2_term))
+                shape = smmf_matrix_shape(p)
+                states.append((state["row_m"], state["col_m"], state["row_v"], state["col_v"], state["sign"]))
             else:
-                tensors = (state["exp_avg"], state["exp_avg_sq"])
-                layout.append((PLAIN, tuple(p.shape), slot, p.is_contiguous(), l2_term))
-            params.append(p)
-            grads.append(p.grad)
-            states.append(tensors)
+                shape = tuple(p.shape)
+                states.append((state["exp_avg"], state["exp_avg_sq"]))
+            if p.is_contiguous():
+                work = p.view(shape)
+            else:  # a copy, written back after the step
+                work = p.contiguous().view(shape)
+                write_back.append((p, work))
+            params.append(work)
+            grads.append(_matrix(p.grad, shape))
         if params:
-            key = [(entry, p.shape, p.dtype, p.grad.dtype, p.device) for entry, p in zip(layout, params, strict=True)]
+            key = [(entry, w.shape, w.dtype, g.dtype, w.device)
+                   for entry, w, g in zip(layout, params, grads, strict=True)]
             run_step(self, smmf_step, smmf_step_eager, (params, grads, states, tuple(layout)), list(slots), key)
+        for p, work in write_back:
+            p.copy_(work.view(p.shape))
         return loss
 
 

@@ -160,6 +160,19 @@ def test_singleton_dims_decide_on_the_squeezed_shape(vector_reshape: bool) -> No
         assert smmf_param_state_bytes(model.deep, False) == 2 * 40 * 4
 
 
+def test_a_non_contiguous_parameter_steps_as_its_contiguous_copy() -> None:
+    base = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    strided, dense = nn.Parameter(base.clone().t()), nn.Parameter(base.t().contiguous())  # (6, 8) both
+    assert not strided.is_contiguous()
+    opt_s, opt_d = SMMF([strided], lr=1e-2), SMMF([dense], lr=1e-2)
+    for step in range(3):
+        g = torch.randn(6, 8, generator=torch.Generator().manual_seed(step))
+        strided.grad, dense.grad = g.clone(), g.clone()
+        opt_s.step()
+        opt_d.step()
+    assert torch.equal(strided.detach(), dense.detach()) and not strided.is_contiguous()
+
+
 def wide_loss(model: nn.Linear, step: int) -> torch.Tensor:
     x = torch.randn(8, 40, generator=torch.Generator().manual_seed(step))
     return model(x).tanh().square().mean()
