@@ -22,6 +22,7 @@ import os
 import types
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -183,3 +184,94 @@ def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: 
 
 def _slice(per_tensor: Sequence[Sequence], start: int, end: int) -> list:
     return [list(items[start:end]) if isinstance(items, list) else tuple(items[start:end]) for items in per_tensor]
+
+
+# ----------------------------------------------------------------------------- the step's plan
+
+
+@dataclass
+class Prepared:
+    """What ``describe`` says about one parameter for the step function: fixed from step to step."""
+
+    work: torch.Tensor  # the view of the parameter the step function updates (matricized, flat, ...)
+    state: tuple[torch.Tensor, ...]  # the state tensors the step function takes, in its order
+    entry: tuple  # the static part of the tensor's layout entry (the scalar slot is appended)
+    grad_shape: tuple[int, ...] | None = None  # the shape the gradient is viewed as (None: its own)
+    write_back: bool = False  # ``work`` is a contiguous copy of a strided parameter: copy it back
+
+
+@dataclass
+class StepPlan:
+    """A step's fixed parts for one set of parameters with gradients, kept between steps.
+
+    Built on a step whose parameters, param groups or state dicts differ from the last one's
+    (the first steps, a parameter gaining or losing its gradient, ``load_state_dict``); each other
+    step only counts, computes its per-step numbers once per (param group, step count), views the
+    gradients and calls ``run_step``. On a small model the step's Python work otherwise costs as
+    much as its kernels.
+    """
+
+    fingerprint: tuple
+    params: list[torch.Tensor]
+    prepared: list[Prepared]
+    groups: list[dict]
+    state_dicts: list[dict]
+    slots: tuple = ()
+    layout: tuple = ()
+    key: list = field(default_factory=list)
+
+
+def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Tensor, dict, dict], Prepared],
+                 scalars_of: Callable[[int, dict], tuple], compiled_fn: Callable, eager_fn: Callable) -> None:
+    """One step of an own optimizer: count, plan (see ``StepPlan``), then ``run_step``.
+
+    ``describe(param, group, state)`` initializes an empty state and says how the step function
+    takes the parameter; ``scalars_of(step, group)`` the per-step numbers of a tensor at that
+    step count. The step functions are called as ``fn(params, grads, states, layout, scalars)``
+    with ``layout[i] = entry + (slot,)`` and ``scalars[slot]`` the numbers of tensor i.
+    """
+    pairs = params_with_grads(optimizer)
+    state = optimizer.state  # type: ignore[attr-defined]
+    fingerprint = tuple((id(p), id(group), id(state.get(p))) for p, group in pairs)
+    plan: StepPlan | None = getattr(optimizer, "_optbench_plan", None)
+    if plan is None or plan.fingerprint != fingerprint:
+        prepared = [describe(p, group, state[p]) for p, group in pairs]
+        fingerprint = tuple((id(p), id(group), id(state.get(p))) for p, group in pairs)
+        plan = StepPlan(fingerprint, [p for p, _ in pairs], prepared, [g for _, g in pairs],
+                        [state[p] for p, _ in pairs])
+        optimizer._optbench_plan = plan  # type: ignore[attr-defined]
+    shared: list[tuple] = []
+    slot_of: dict[tuple[int, int], int] = {}
+    slots = []
+    for group, tensor_state in zip(plan.groups, plan.state_dicts, strict=True):
+        tensor_state["step"] += 1
+        key = (id(group), tensor_state["step"])
+        if key not in slot_of:
+            slot_of[key] = len(shared)
+            shared.append(scalars_of(tensor_state["step"], group))
+        slots.append(slot_of[key])
+    if tuple(slots) != plan.slots:
+        plan.slots = tuple(slots)
+        plan.layout = tuple(prep.entry + (slot,) for prep, slot in zip(plan.prepared, slots, strict=True))
+        plan.key = [(entry, prep.work.shape, prep.work.dtype, p.grad.dtype, p.device, len(prep.state))
+                    for entry, prep, p in zip(plan.layout, plan.prepared, plan.params, strict=True)]
+    if not plan.params:
+        return
+    grads = [p.grad if prep.grad_shape is None else p.grad.reshape(prep.grad_shape)
+             for p, prep in zip(plan.params, plan.prepared, strict=True)]
+    for p, prep in zip(plan.params, plan.prepared, strict=True):
+        if prep.write_back:  # the parameter may have changed since the last step (a loaded checkpoint)
+            prep.work.view(p.shape).copy_(p)
+    run_step(optimizer, compiled_fn, eager_fn, ([prep.work for prep in plan.prepared], grads,
+                                                [prep.state for prep in plan.prepared], plan.layout), shared, plan.key)
+    for p, prep in zip(plan.params, plan.prepared, strict=True):
+        if prep.write_back:
+            p.copy_(prep.work.view(p.shape))
+
+
+def work_view(param: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, bool]:
+    """``param`` viewed as ``shape``, and whether that is a copy to write back (a strided parameter)."""
+    if param.is_contiguous():
+        return param.view(tuple(shape)), False
+    return param.contiguous().view(tuple(shape)), True
+

@@ -51,6 +51,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from optbench.optimizers._common import (
+    Prepared,
     bias_correction,
     check_betas,
     check_lr,
@@ -58,9 +59,9 @@ from optbench.optimizers._common import (
     check_positive_int,
     decay_factor,
     initial_impl,
-    params_with_grads,
-    run_step,
+    planned_step,
     trainable,
+    work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from torch import nn
@@ -343,12 +344,24 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.optbench_impl = initial_impl(compile)
 
-    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
-        n = p.numel()
-        layout = topk_layout(n, group["topk_block_size"], group["k_init"])
-        width = window_width(n, group["topk_block_size"], group["k_init"])
-        state = self.state[p]
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        planned_step(self, _describe, _step_scalars, microadam_step, microadam_step_eager)
+        return loss
+
+
+def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
+    """MicroAdam's state for ``p`` (made on its first step), the flat view the step updates, and its
+    static layout entry: the top-k layout, quantization block, window and whether alpha > 0."""
+    n = p.numel()
+    layout = topk_layout(n, group["topk_block_size"], group["k_init"])
+    if not state:
         state["step"] = 0
+        width = window_width(n, group["topk_block_size"], group["k_init"])
         state["indices"] = torch.zeros(group["m"], width, dtype=index_dtype(layout[1]), device=p.device)
         state["values"] = torch.zeros(group["m"], width, dtype=torch.bfloat16, device=p.device)
         if group["quantize_error"]:
@@ -359,44 +372,18 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
             state["error_max"] = torch.zeros(qblocks, dtype=torch.bfloat16, device=p.device)
         else:
             state["error"] = torch.zeros(n, dtype=torch.float32, device=p.device)
-        return state
+    error = (state["error"],) if "error" in state else (state["error_codes"], state["error_min"], state["error_max"])
+    work, copied = work_view(p, (n,))
+    entry = ((layout, group["quant_block_size"], group["m"], group["alpha"] > 0),)
+    return Prepared(work, (state["indices"], state["values"], *error), entry, (n,), copied)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params, grads, states, layout, slots, write_back = [], [], [], [], {}, []
-        for p, group in params_with_grads(self):
-            state = self.state[p] or self._init_state(p, group)
-            state["step"] += 1
-            t = state["step"]
-            (b1, b2), lr = group["betas"], float(group["lr"])
-            scalars = (float(t), float((t - 1) % group["m"]), b1, b2, log_or_floor(b1), log_or_floor(b2),
-                       bias_correction(b1, t), bias_correction(b2, t), group["eps"],
-                       decay_factor(lr, group["weight_decay"]), lr, group["alpha"])
-            error = (state["error"],) if "error" in state else (state["error_codes"], state["error_min"],
-                                                                state["error_max"])
-            tensor_layout = (topk_layout(p.numel(), group["topk_block_size"], group["k_init"]),
-                             group["quant_block_size"], group["m"], group["alpha"] > 0)
-            layout.append((tensor_layout, slots.setdefault(scalars, len(slots))))
-            if p.is_contiguous():
-                flat = p.view(-1)
-            else:  # a copy, written back after the step
-                flat = p.contiguous().view(-1)
-                write_back.append((p, flat))
-            params.append(flat)
-            grads.append(p.grad.reshape(-1))
-            states.append((state["indices"], state["values"], *error))
-        if params:
-            key = [(entry, p.shape, p.dtype, g.dtype, p.device, len(s))
-                   for entry, p, g, s in zip(layout, params, grads, states, strict=True)]
-            run_step(self, microadam_step, microadam_step_eager, (params, grads, states, tuple(layout)), list(slots),
-                     key)
-        for p, flat in write_back:
-            p.copy_(flat.view(p.shape))
-        return loss
+
+def _step_scalars(step: int, group: dict) -> tuple[float, ...]:
+    """(t, ring slot (t-1) mod m, b1, b2, log b1, log b2, 1 - b1^t, 1 - b2^t, eps, 1 - lr*wd, lr, alpha)."""
+    (b1, b2), lr = group["betas"], float(group["lr"])
+    return (float(step), float((step - 1) % group["m"]), b1, b2, log_or_floor(b1), log_or_floor(b2),
+            bias_correction(b1, step), bias_correction(b2, step), group["eps"],
+            decay_factor(lr, group["weight_decay"]), lr, group["alpha"])
 
 
 def check_microadam_hparams(lr: float, m: int, k_init: float, quant_block_size: int, topk_block_size: int,

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from optbench.optimizers._common import (
+    Prepared,
     bias_correction,
     check_betas,
     check_lr,
@@ -46,7 +47,7 @@ from optbench.optimizers._common import (
     decay_factor,
     ema_,
     initial_impl,
-    run_step,
+    planned_step,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from torch import nn
@@ -193,53 +194,45 @@ class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads, exp_avgs, exp_avg_sqs, layout, slots = [], [], [], [], [], {}
-        for group in self.param_groups:
-            (beta1, beta2), lr = group["betas"], float(group["lr"])
-            for p, axes in zip(group["params"], group["compress_axes"], strict=True):
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError("SlimAdamW does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0  # a Python int: no tensor op per step, nothing to read back
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros(compressed_shape(p.shape, axes), dtype=p.dtype, device=p.device)
-                state["step"] += 1
-                t = state["step"]
-                scalars = (beta1, beta2, group["eps"], lr / bias_correction(beta1, t),
-                           math.sqrt(bias_correction(beta2, t)), decay_factor(lr, group["weight_decay"]))
-                layout.append((axes, slots.setdefault(scalars, len(slots))))
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-        if params:
-            key = [(entry, p.shape, p.dtype, p.grad.dtype, p.device) for entry, p in zip(layout, params, strict=True)]
-            run_step(self, slimadam_step, slimadam_step_foreach, (params, grads, exp_avgs, exp_avg_sqs, tuple(layout)),
-                     list(slots), key)
+        planned_step(self, _describe, _step_scalars, slimadam_step, slimadam_step_foreach)
         return loss
 
 
-def slimadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                  exp_avg_sqs: list[torch.Tensor], layout: tuple, slimadam_scalars: list[tuple[float, ...]]) -> None:
+def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
+    """SlimAdam's state for ``p`` (made on its first step) and its static layout entry: its axes."""
+    axes = next(a for q, a in zip(group["params"], group["compress_axes"], strict=True) if q is p)
+    if not state:
+        state["step"] = 0  # a Python int: no tensor op per step, nothing to read back
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros(compressed_shape(p.shape, axes), dtype=p.dtype, device=p.device)
+    return Prepared(p, (state["exp_avg"], state["exp_avg_sq"]), (axes,))
+
+
+def _step_scalars(step: int, group: dict) -> tuple[float, ...]:
+    """(b1, b2, eps, lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr*wd) for a tensor at step ``step``."""
+    (beta1, beta2), lr = group["betas"], float(group["lr"])
+    return (beta1, beta2, group["eps"], lr / bias_correction(beta1, step), math.sqrt(bias_correction(beta2, step)),
+            decay_factor(lr, group["weight_decay"]))
+
+
+def slimadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
+                  layout: tuple, slimadam_scalars: list[tuple[float, ...]]) -> None:
     """Every tensor's step, one at a time (what ``torch.compile`` fuses).
 
-    ``layout[i]`` = (compression axes, scalar slot) of tensor i; ``slimadam_scalars[j]`` = (b1,
-    b2, eps, lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr*wd).
+    ``states[i]`` = (exp_avg, exp_avg_sq); ``layout[i]`` = (compression axes, scalar slot) of
+    tensor i; ``slimadam_scalars[j]`` = (b1, b2, eps, lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr*wd).
     """
-    for p, g, m, v, (axes, slot) in zip(params, grads, exp_avgs, exp_avg_sqs, layout, strict=True):
+    for p, g, (m, v), (axes, slot) in zip(params, grads, states, layout, strict=True):
         b1, b2, eps, step_size, bc2_sqrt, decay = slimadam_scalars[slot]
         ema_(m, g, b1)
         ema_(v, mean_square(g, axes), b2)
         p.mul_(decay).sub_(m / v.sqrt().div_(bc2_sqrt).add_(eps) * step_size)
 
 
-def slimadam_step_foreach(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                          exp_avg_sqs: list[torch.Tensor], layout: tuple,
-                          slimadam_scalars: list[tuple[float, ...]]) -> None:
+def slimadam_step_foreach(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
+                          layout: tuple, slimadam_scalars: list[tuple[float, ...]]) -> None:
     """The same step eagerly: multi-tensor ops over the tensors that share a slot."""
+    exp_avgs, exp_avg_sqs = [s[0] for s in states], [s[1] for s in states]
     for slot, (b1, b2, eps, step_size, bc2_sqrt, decay) in enumerate(slimadam_scalars):
         idx = [i for i, (_, s) in enumerate(layout) if s == slot]
         full = [i for i in idx if layout[i][0] is None]

@@ -46,15 +46,16 @@ from functools import lru_cache
 
 import torch
 from optbench.optimizers._common import (
+    Prepared,
     check_lr,
     check_nonnegative,
     column_sums,
     decay_factor,
     ema_,
     initial_impl,
-    params_with_grads,
-    run_step,
+    planned_step,
     trainable,
+    work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from torch import nn
@@ -204,10 +205,6 @@ def _set_factors(rows: torch.Tensor, cols: torch.Tensor, row_sums: torch.Tensor,
     cols.copy_(new_cols)
 
 
-def _matrix(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    return t.view(shape) if t.is_contiguous() else t.reshape(shape)
-
-
 # ----------------------------------------------------------------------------- the step, every tensor
 
 
@@ -217,9 +214,9 @@ def smmf_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: lis
 
     ``params`` and ``grads`` come already matricized (``SMMF.step`` makes the views: a reshape
     inside a compiled graph with symbolic shapes costs several times the step). ``layout[i]`` =
-    (kind, scalar slot, L2 term) of tensor i; ``smmf_scalars[j]`` the scalars of ``factored_rows``.
+    (kind, L2 term, scalar slot) of tensor i; ``smmf_scalars[j]`` the scalars of ``factored_rows``.
     """
-    for p, g, state, (kind, slot, l2_term) in zip(params, grads, states, layout, strict=True):
+    for p, g, state, (kind, l2_term, slot) in zip(params, grads, states, layout, strict=True):
         scalars = smmf_scalars[slot]
         if kind == PLAIN:
             plain_adam_(p, g, state[0], state[1], scalars, l2_term)
@@ -234,7 +231,7 @@ def smmf_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], state
                     layout: tuple, smmf_scalars: list[tuple[float, ...]]) -> None:
     """The same step, eagerly, on blocks of at most ``CHUNK_ELEMENTS`` (rows a multiple of 32, so
     that each block's signs are whole words): the scratch is a few blocks, not a few tensors."""
-    for p, g, state, (kind, slot, l2_term) in zip(params, grads, states, layout, strict=True):
+    for p, g, state, (kind, l2_term, slot) in zip(params, grads, states, layout, strict=True):
         if kind == PLAIN:
             plain_adam_(p, g, state[0], state[1], smmf_scalars[slot], l2_term)
         else:
@@ -288,53 +285,36 @@ class SMMF(KeepStateDtypes, torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.optbench_impl = initial_impl(compile)
 
-    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
-        state = self.state[p]
-        state["step"] = 0
-        if factorizes(p.shape, group["vector_reshape"]):
-            rows, cols = smmf_matrix_shape(p)
-            zeros = lambda n: torch.zeros(n, dtype=torch.float32, device=p.device)  # noqa: E731
-            state["row_m"], state["col_m"] = zeros(rows), zeros(cols)
-            state["row_v"], state["col_v"] = zeros(rows), zeros(cols)
-            state["sign"] = torch.zeros(sign_shape(rows, cols), dtype=torch.int32, device=p.device)
-        else:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        return state
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads, states, layout, slots, write_back = [], [], [], [], {}, []
-        for p, group in params_with_grads(self):
-            state = self.state[p] or self._init_state(p, group)
-            state["step"] += 1
-            scalars = _step_scalars(state["step"], group)
-            layout.append((FACTORED if "sign" in state else PLAIN, slots.setdefault(scalars, len(slots)),
-                           scalars[-1] != 0))
-            if "sign" in state:
-                shape = smmf_matrix_shape(p)
-                states.append((state["row_m"], state["col_m"], state["row_v"], state["col_v"], state["sign"]))
-            else:
-                shape = tuple(p.shape)
-                states.append((state["exp_avg"], state["exp_avg_sq"]))
-            if p.is_contiguous():
-                work = p.view(shape)
-            else:  # a copy, written back after the step
-                work = p.contiguous().view(shape)
-                write_back.append((p, work))
-            params.append(work)
-            grads.append(_matrix(p.grad, shape))
-        if params:
-            key = [(entry, w.shape, w.dtype, g.dtype, w.device)
-                   for entry, w, g in zip(layout, params, grads, strict=True)]
-            run_step(self, smmf_step, smmf_step_eager, (params, grads, states, tuple(layout)), list(slots), key)
-        for p, work in write_back:
-            p.copy_(work.view(p.shape))
+        planned_step(self, _describe, _step_scalars, smmf_step, smmf_step_eager)
         return loss
+
+
+def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
+    """SMMF's state for ``p`` (made on its first step), the matricized view the step updates, and
+    its static layout entry: factorized or plain, and whether the L2 term joins the gradient."""
+    factored = factorizes(p.shape, group["vector_reshape"])
+    shape = smmf_matrix_shape(p) if factored else tuple(p.shape)
+    if not state:
+        state["step"] = 0
+        if factored:
+            zeros = lambda n: torch.zeros(n, dtype=torch.float32, device=p.device)  # noqa: E731
+            state["row_m"], state["col_m"] = zeros(shape[0]), zeros(shape[1])
+            state["row_v"], state["col_v"] = zeros(shape[0]), zeros(shape[1])
+            state["sign"] = torch.zeros(sign_shape(*shape), dtype=torch.int32, device=p.device)
+        else:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+    tensors = ((state["row_m"], state["col_m"], state["row_v"], state["col_v"], state["sign"]) if factored
+               else (state["exp_avg"], state["exp_avg_sq"]))
+    l2_term = group["weight_decay_mode"] == "adam" and group["weight_decay"] != 0
+    work, copied = work_view(p, shape)
+    return Prepared(work, tensors, (FACTORED if factored else PLAIN, l2_term), shape, copied)
 
 
 def _step_scalars(step: int, group: dict) -> tuple[float, ...]:
