@@ -12,6 +12,10 @@ Then the compute: the sum of ``wall_s`` (training plus memory pass, as each reco
 over every run the sweeps and the board hold, printed and written to ``results/COMPUTE.md``.
 That is the cost of the published results, whichever invocation ran which part of it.
 
+``--executor ray --threads 1`` spreads the sweeps' runs over the machine's cores (the sweeps
+rank lrs by loss, which contention does not change); the board always runs locally, one run
+after another, because its records carry step times.
+
 ``--smoke`` runs the same pipeline end to end in minutes: smoke preset, digits-mlp, adamw and
 sgd, a 3-lr starting grid, 2 board seeds, everything (tuned-lr table included) under
 ``results/runs-scratch/publish-smoke/``; the published files are left alone. A table other than
@@ -54,6 +58,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--table", default=None,
                         help="tuned-lr table (default: tasks/tuned_lrs.json; <out>/tuned_lrs.json with --smoke)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="how the sweeps' runs execute (ray: several at once). The board always runs locally, "
+                             "one run after another, so that its step times are not measured under contention")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per sweep run; under ray also the CPUs each asks for")
+    parser.add_argument("--address", default=None, help="with --executor ray: the cluster to join")
     parser.add_argument("--command", default=None, help="how this publish was started, for the report's header")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -184,10 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or shlex.join(["python", "-m", "optbench.publish", *given])
     print(f"publish: {len(tasks)} task(s) x {len(optimizers)} optimizer(s); sweeps then {len(seeds)} board seeds, "
           f"preset {args.preset}, into {args.out}")
+    spread = ["--executor", args.executor] + (["--threads", str(args.threads)] if args.threads else []) + (
+        ["--address", args.address] if args.address else [])
     for task in tasks:
         step(["sweep", "--task", task, "--optimizers", ",".join(optimizers), "--points", str(protocol.points),
               "--runs-dir", str(sweeps_out / "runs"), "--out", str(sweeps_out),
-              *(["--table", args.table] if args.table else []), *common, *quiet], env)
+              *(["--table", args.table] if args.table else []), *common, *spread, *quiet], env)
     step(["run", "--tasks", ",".join(tasks), "--optimizers", ",".join(optimizers), "--seeds", args.seeds,
           "--runs-dir", str(runs_dir), *common, *quiet], env)
     tuned = read_table(Path(env.get(TABLE_ENV) or _default_table()), args.preset)
