@@ -9,6 +9,7 @@ it holds: everything that differs is declared in their specs.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -224,6 +225,7 @@ class _Trained:
     state_bytes: int
     state_check: StateBytesCheck  # the spec's state formula against state_bytes
     optimizer_impl: str | None = None  # which step ran, when the optimizer says (optbench_impl: compiled, eager)
+    n_params: int = 0  # trainable parameters: what the bandwidth bound is per
 
 
 def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = None, seed: int = 0,
@@ -248,13 +250,28 @@ def run_one(task: str, optimizer: str, *, hparams: Mapping[str, Any] | None = No
         trained = _train_cell(run)
     except Exception as exc:  # noqa: BLE001 - a failing optimizer or task is a result, not a crash
         return _record(run, started, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
-    memory, notes = Memory.not_measured(), []
+    memory, notes, bandwidth = Memory.not_measured(), [], None
     if measure_memory_pass and trained.result.diverged_at_step is None:
         memory, notes = _memory_pass(run)
+        bandwidth = machine_bandwidth(run.device)
     memory.optimizer_state_bytes = trained.state_bytes
     memory.extra.update(trained.state_check.memory_fields())
     notes = [*notes, *([trained.state_check.note] if trained.state_check.note else [])]
-    return _record(run, started, trained=trained, memory=memory, notes=notes)
+    return _record(run, started, trained=trained, memory=memory, notes=notes, bandwidth=bandwidth)
+
+
+@functools.cache
+def machine_bandwidth(device: str) -> float | None:
+    """Bytes/s of ``a.add_(b)`` on this device, measured once per process (optbench.bandwidth).
+
+    Only the runs that take the memory pass (the board's, not the sweeps') measure it: it
+    puts each optimizer step against its own bandwidth bound (``timing.step_bound_ratio``)."""
+    from optbench.bandwidth import measure_bandwidth
+
+    try:
+        return measure_bandwidth(device)
+    except Exception:  # noqa: BLE001 - no room for two 256 MiB tensors: no bound, the run stands
+        return None
 
 
 def _train_cell(run: ResolvedRun) -> _Trained:
@@ -267,7 +284,8 @@ def _train_cell(run: ResolvedRun) -> _Trained:
     return _Trained(result, list(instance.notes), instance.samples_per_step, instance.tokens_per_step,
                     f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", state_bytes,
                     check_state_formula(run.optimizer, instance.model, run.hparams, state_bytes),
-                    getattr(optimizer, "optbench_impl", None))
+                    getattr(optimizer, "optbench_impl", None),
+                    sum(p.numel() for p in instance.model.parameters() if p.requires_grad))
 
 
 def _memory_pass(run: ResolvedRun) -> tuple[Memory, list[str]]:
@@ -284,7 +302,8 @@ def _memory_pass(run: ResolvedRun) -> tuple[Memory, list[str]]:
 
 
 def _record(run: ResolvedRun, started: float, *, trained: _Trained | None = None, memory: Memory | None = None,
-            notes: Sequence[str] = (), error: str | None = None, trace: str | None = None) -> dict:
+            notes: Sequence[str] = (), error: str | None = None, trace: str | None = None,
+            bandwidth: float | None = None) -> dict:
     """The run's record, built once from what the run produced."""
     budget = run.task.budget(run.preset)
     metric = run.task.metric
@@ -297,7 +316,13 @@ def _record(run: ResolvedRun, started: float, *, trained: _Trained | None = None
     metrics_extra: dict[str, Any] = {"target": budget.target}
     if final is not None:
         metrics_extra |= {k: v for k, v in final.extra.items() if k not in Metrics.__dataclass_fields__}
-    timing_extra = {"train_s": result.wall_s} if trained else {}
+    timing_extra: dict[str, Any] = {"train_s": result.wall_s, "params": trained.n_params} if trained else {}
+    if trained and bandwidth:
+        from optbench.bandwidth import over_bound
+
+        timing_extra["bandwidth_bytes_s"] = bandwidth
+        timing_extra["step_bound_ratio"] = over_bound(_median(result.opt_step_s), run.optimizer.bound_bytes_per_param,
+                                                      trained.n_params, bandwidth)
     extra: dict[str, Any] = {
         "lr_source": run.lr_source, "task_options": canonical(run.task_options),
         "notes": [*(trained.notes if trained else []), *notes], "run_key": run.key.digest(),

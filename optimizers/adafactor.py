@@ -70,6 +70,9 @@ register_optimizer(
         # Read p and g, write p: 12 bytes in float32; the row and column factors of a matrix are
         # O(rows + cols) (a vector's full variance adds 8, a small share of a model).
         bound_bytes_per_param=12,
+        board_note=(
+            "Its step time is torch.optim.Adafactor's: a per-tensor loop with no foreach or fused kernel, so"
+            " the step ÷ bound column shows the package's cost, not the method's."),
         description="torch.optim.Adafactor (factored second moment, no momentum)",
     )
 )

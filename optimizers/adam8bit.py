@@ -73,6 +73,10 @@ register_optimizer(
         # Read p and g, write p (12 bytes in float32), read and write the two uint8 moments (4);
         # the block absmax values are 1/256 of that. Tensors under min_8bit_size keep float32 moments (28).
         bound_bytes_per_param=16,
+        board_note=(
+            "Its step time is bitsandbytes' own: on CPU the package runs a reference path, far slower than "
+            "its CUDA kernels; read the step against its bound (step ÷ bound) as the package's cost, not the"
+            " method's."),
         description="bitsandbytes AdamW8bit, blockwise (256) dynamic quantization",
     )
 )

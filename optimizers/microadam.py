@@ -32,7 +32,9 @@ is a Python int in the state.
 State bytes per tensor: m·K·(2 or 4) indices + m·K·2 values + ceil(N/2) codes + 4·ceil(N/qbs)
 min/max, K the sum of k over its blocks (4N instead of the last two without quantization).
 
-The step is one function over every tensor, compiled by default (``optbench.optimizers._common``).
+The step is one function over every tensor, which ``torch.compile`` can fuse (``optbench.optimizers._common``;
+the class compiles by default, the registered optimizer does not (``compile`` hyperparameter,
+False): on a 2-core CPU compiling costs minutes per model, more than a board run).
 Its one dense float32 temporary is ``a``; the window's moments are gathered on its support
 (about m·k_init·N entries) through that same buffer, never into dense m and v. The eager path
 works on blocks, so that its other scratch stays a few MiB.
@@ -79,6 +81,7 @@ BOARD_NOTE = (
     "(k_init 0.01) and alpha = 0, so each step updates at most 10% of the coordinates; at budgets of a few "
     "hundred steps from scratch that regime is far from the paper's. alpha > 0 (the official code's "
     "pre-training option) adds a share of the error feedback to every update."
+    " Board runs take the eager step (compile=False); the compiled step is faster (results/ratios/)."
 )
 
 

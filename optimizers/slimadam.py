@@ -12,8 +12,10 @@ compression axes K (a tuple of dims, or ``None``)::
 With ``K = None`` everywhere this is AdamW. Weight decay follows ``optbench.param_groups``
 (matrices and embeddings, not norms or biases: the reference's ">= 2 dims" rule, by role).
 
-The step is one function over every tensor (``slimadam_step``), compiled by default
-(``optbench.optimizers._common.run_step``); the eager path does the same math with
+The step is one function over every tensor (``slimadam_step``), which ``torch.compile`` can fuse
+(``optbench.optimizers._common.run_step``; the class compiles by default, the registered optimizer
+does not (``compile`` hyperparameter, False): on a 2-core CPU compiling costs minutes per model,
+more than a board run); the eager path does the same math with
 multi-tensor (``torch._foreach_*``) ops. Step counts are Python ints in the state (no tensor):
 reading them costs no host-device sync.
 

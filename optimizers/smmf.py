@@ -33,7 +33,9 @@ writes whole vectors of words with one shift; n is padded to a multiple of 32 (a
 unused bits per column, fewer bytes than the factors take). The step count is a Python int
 in the state (no tensor).
 
-The step is one function over every tensor, compiled by default (``optbench.optimizers._common``);
+The step is one function over every tensor, which ``torch.compile`` can fuse (``optbench.optimizers._common``;
+the class compiles by default, the registered optimizer does not (``compile`` hyperparameter,
+False): on a 2-core CPU compiling costs minutes per model, more than a board run);
 the eager path runs the same row function on blocks of rows, so that its scratch stays a few
 MiB however large a tensor is.
 """
@@ -375,6 +377,10 @@ register_optimizer(
         # (4 + 4 + 4 bytes in float32) and read and write the packed sign (1/8 + 1/8); the factors
         # are O(sqrt(N)).
         bound_bytes_per_param=12.25,
+        board_note=(
+            "Board runs take the eager step (compile=False): compiling costs minutes per model on a 2-core "
+            "CPU, more than a whole run. The compiled step is several times faster; results/ratios/ has "
+            "both."),
         description="SMMF: 1-bit sign + rank-1 factors of both moments on a square-matricized view",
     )
 )

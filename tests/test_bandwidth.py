@@ -54,3 +54,23 @@ def test_ratio_benchmark_refuses_an_unknown_model() -> None:
     with pytest.raises(SystemExit) as exc:
         optimizer_ratios.main(["--model", "70b"])
     assert exc.value.code == 2
+
+
+def test_a_board_run_puts_its_step_against_its_bound_and_the_board_shows_it(tmp_path, monkeypatch) -> None:
+    from optbench import runner
+    from optbench.board import aggregate, runs_frame
+
+    # A fixed bandwidth: the test checks the arithmetic, not this machine's memory system
+    monkeypatch.setattr(runner, "machine_bandwidth", lambda device: 1e10)
+    record = runner.run_one("digits-mlp", "adamw", preset="smoke")
+    timing = record["timing"]
+    model = runner.resolve_run("digits-mlp", "adamw", preset="smoke").task.instantiate("smoke", 0, "cpu").model
+    assert timing["params"] == sum(p.numel() for p in model.parameters())
+    assert timing["bandwidth_bytes_s"] == 1e10
+    assert timing["step_bound_ratio"] == pytest.approx(
+        over_bound(timing["optimizer_step_s_median"], 28, timing["params"], 1e10))
+    # a sweep run (no memory pass) measures no bandwidth and states no bound
+    sweep = runner.run_one("digits-mlp", "adamw", preset="smoke", measure_memory_pass=False)
+    assert "step_bound_ratio" not in sweep["timing"] and sweep["timing"]["params"] == timing["params"]
+    board = aggregate(runs_frame([(tmp_path / "a.json", record)]))
+    assert board["step_bound_ratio"].iloc[0] == pytest.approx(timing["step_bound_ratio"])
