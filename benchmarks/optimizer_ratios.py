@@ -1,7 +1,7 @@
 """Each available optimizer's step against fused AdamW and against its own bandwidth bound.
 
     python -m benchmarks.optimizer_ratios [--model topics|25m] [--json FILE] [--steps 30] [--warmup 5]
-                                          [--optimizers a,b] [--device cpu] [--no-scratch]
+                                          [--optimizers a,b] [--device cpu] [--no-scratch] [--compiled]
 
 Per optimizer: the median ``optimizer.step()`` time, its ratio to fused AdamW's, the bytes per
 parameter one step must move (``bound_bytes_per_param`` on its spec), the step time over that
@@ -22,7 +22,10 @@ average before and after is printed and written, since the machine may be shared
 The JSON (``--json``) is ``{"optimizers": [{"optimizer", "step_ms", "step_ratio",
 "bound_bytes_per_param", "bound_ratio", "state_ratio", ...}], "model", "params",
 "bandwidth_gbs", ...}``; ``python -m benchmarks.ratio_table`` turns several into the median table
-published under results/ratios/. On CUDA each step is followed by ``torch.cuda.synchronize()``.
+published under results/ratios/. ``--compiled`` adds a row ``<name>+compiled`` for every
+optimizer with a ``compile`` hyperparameter (our own: the registered optimizers step eagerly,
+see their docstrings), built with ``compile=True``: the compile happens in the warm-up
+rounds. On CUDA each step is followed by ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--optimizers", default="", help="comma-separated names (default: every available one)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the memory tracker's scratch measurement")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time our own optimizers with compile=True (rows <name>+compiled)")
     args = parser.parse_args(argv)
     if args.model not in MODELS:
         parser.error(f"--model {args.model!r} is not one of {', '.join(MODELS)}")
@@ -105,16 +110,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare(names: list[str], model_name: str, device: str) -> tuple[dict, list[tuple[str, str]]]:
-    """Ready (spec, model, optimizer) per name with gradients in place; skipped names with reasons."""
+COMPILED = "+compiled"
+
+
+def prepare(names: list[str], model_name: str, device: str,
+            compiled: bool = False) -> tuple[dict, list[tuple[str, str]]]:
+    """Ready (spec, model, optimizer) per name with gradients in place; skipped names with reasons.
+
+    ``compiled``: also ``<name>+compiled``, built with ``compile=True``, for each optimizer that has
+    a ``compile`` hyperparameter."""
     specs, ready, skipped = optimizers(), {}, []
-    for name in names:
+    wanted = [(name, False) for name in names]
+    if compiled:
+        wanted += [(name, True) for name in names if "compile" in specs[name].resolve_hparams()]
+    for name, compile_ in wanted:
         spec = specs[name]
+        hparams = spec.resolve_hparams() | ({"compile": True} if compile_ else {})
+        name = name + COMPILED if compile_ else name
         reason = spec.unavailable_reason(device)
         if reason is None:
             model = build(model_name, device)
             try:
-                optimizer = spec.build(model, spec.default_lr, **spec.resolve_hparams())
+                optimizer = spec.build(model, spec.default_lr, **hparams)
             except ValueError as exc:  # e.g. slimadam-snr without rules for this model
                 reason = str(exc)
         if reason is not None:
@@ -205,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if BASELINE not in names:
         names.insert(0, BASELINE)
     load_before = os.getloadavg()
-    ready, skipped = prepare(names, args.model, args.device)
+    ready, skipped = prepare(names, args.model, args.device, args.compiled)
     if BASELINE not in ready:
         raise SystemExit(f"baseline {BASELINE!r} cannot run here: {dict(skipped).get(BASELINE)}")
     times, adds = measure(ready, args.steps, args.warmup, args.device)
@@ -213,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = ready[BASELINE][1]
     n_params = sum(p.numel() for p in reference.parameters() if p.requires_grad)
     largest = max(p.numel() for p in reference.parameters())
+    # the tracker runs the eager step (a dispatch mode is not traced by torch.compile): no row of its own
     scratch = {} if args.no_scratch else {name: step_scratch(spec, args.model, args.device)
-                                          for name, (spec, _, _) in ready.items()}
+                                          for name, (spec, _, _) in ready.items() if not name.endswith(COMPILED)}
     rows = rows_for(ready, times, adds, scratch, n_params, largest)
     bandwidth = add_bytes(BANDWIDTH_NUMEL) / statistics.median(adds)
     header = (f"model {args.model}: {n_params:,} parameters in {len(list(reference.parameters()))} tensors; device "

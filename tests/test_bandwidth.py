@@ -74,3 +74,16 @@ def test_a_board_run_puts_its_step_against_its_bound_and_the_board_shows_it(tmp_
     assert "step_bound_ratio" not in sweep["timing"] and sweep["timing"]["params"] == timing["params"]
     board = aggregate(runs_frame([(tmp_path / "a.json", record)]))
     assert board["step_bound_ratio"].iloc[0] == pytest.approx(timing["step_bound_ratio"])
+
+
+def test_ratio_benchmark_can_add_the_compiled_step_of_our_own_optimizers(monkeypatch) -> None:
+    from benchmarks import optimizer_ratios
+
+    monkeypatch.setenv("OPTBENCH_COMPILE", "1")  # the suite turns compiling off (conftest); building compiles nothing
+
+    ready, skipped = optimizer_ratios.prepare(["adamw", "smmf"], "topics", "cpu", compiled=True)
+    assert not skipped
+    # adamw has no compile switch: no compiled row; smmf gets one, built to compile, beside its eager one
+    assert set(ready) == {"adamw", "smmf", "smmf+compiled"}
+    assert ready["smmf"][2].optbench_impl == "eager"
+    assert ready["smmf+compiled"][2].optbench_impl == "compiled"
