@@ -107,10 +107,14 @@ def relerr_along(v: torch.Tensor, axes: Sequence[int]) -> float:
 
 
 def moment_stats(v: torch.Tensor, axes: Sequence[int]) -> dict[str, float]:
-    """Everything the trace records for one (tensor, axes): snr, mean, mean_sq, variance, relerr.
+    """Everything the trace records for one (tensor, axes): snr, mean, mean_sq, variance, relerr,
+    slice_mean_min, slice_mean_max.
 
     ``mean`` is the tensor's mean of V (the mean over the other axes of mean_K V), ``mean_sq`` the
     mean over the other axes of (mean_K V)^2 and ``variance`` the mean over the other axes of var_K V.
+    ``slice_mean_min`` and ``slice_mean_max`` are the extremes of the slice means mean_K V: the
+    values SlimAdam keeps when it compresses along K, whose spread is a conditioning figure of V
+    (optbench.studies, the stability study). They are not written to the trace CSV.
     """
     axes = _check_axes(v, axes)
     v = v.detach().double()
@@ -123,6 +127,8 @@ def moment_stats(v: torch.Tensor, axes: Sequence[int]) -> dict[str, float]:
         "mean_sq": float(mean_k.square().mean()),
         "variance": float(var_k.mean()),
         "relerr": float((v - mean_k).norm() / norm) if norm > 0 else math.nan,
+        "slice_mean_min": float(mean_k.min()),
+        "slice_mean_max": float(mean_k.max()),
     }
 
 
@@ -344,6 +350,14 @@ def _norm_axes(axes: Sequence[int] | None) -> tuple[int, ...] | None:
 # The proxy run.
 
 
+class ProxyDiverged(RuntimeError):
+    """A proxy run whose training loss went non-finite: at ``step``, with learning rate ``lr``."""
+
+    def __init__(self, step: int, loss: float, lr: float) -> None:
+        super().__init__(f"proxy run diverged at step {step} (loss {loss}) with lr {lr:g}; lower --lr-scale")
+        self.step, self.loss, self.lr = step, loss, lr
+
+
 def proxy_lr(task: TaskSpec, lr_scale: float) -> float:
     """lr_scale x the task's starting lr for Adam (``optbench.lrs.starting_lr``: its AdamW lr)."""
     from optbench.lrs import starting_lr
@@ -418,7 +432,7 @@ def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float |
         value = float(train_step(model, optimizer, next(inst.batches), step))
         train_s += time.perf_counter() - t0
         if not math.isfinite(value):
-            raise RuntimeError(f"proxy run diverged at step {step} (loss {value}) with lr {lr:g}; lower --lr-scale")
+            raise ProxyDiverged(step, value, lr)
         if step % budget.log_every == 0 or step == 1:
             trace.losses.append((step, value))
         if step in record_at:
