@@ -101,10 +101,26 @@ def table_notes(rows: pd.DataFrame) -> list[str]:
     if "board_note" in rows.columns:
         notes = rows[rows["board_note"].fillna("") != ""]
         lines += [f"Note on `{r['optimizer']}`: {md_cell(r['board_note'])}" for _, r in notes.iterrows()]
+    saves_nothing = no_saving_here(rows)
+    if saves_nothing:
+        names = ", ".join(f"`{name}`" for name in saves_nothing)
+        lines.append(f"Saves no state here: {names} hold as much optimizer state as AdamW on this task (no tensor "
+                     "fits the method's rule, e.g. low-rank and orthogonalized updates apply to 2-D hidden matrices "
+                     "only), so they run their fallback update on every tensor, and their verdicts compare that "
+                     "fallback's implementation with AdamW's, not the method.")
     if any(row["step × AdamW"].text == NOT_COMPARABLE for row in task_table(rows)):
         lines.append(f"{NOT_COMPARABLE}: step time measured on other hardware or with another number of concurrent "
                      "runs than AdamW's on this task, so no ratio is given.")
     return lines
+
+
+def no_saving_here(rows: pd.DataFrame) -> list[str]:
+    """Memory-saving optimizers (any family but plain Adam's and SGD's) whose state on this task is AdamW's or more."""
+    if "state_pct_of_adamw" not in rows.columns or "family" not in rows.columns:
+        return []
+    plain = {"adam", "sgd"}
+    hit = rows[(rows["state_pct_of_adamw"] >= 99.5) & ~rows["family"].fillna("").isin(plain)]
+    return sorted(hit["optimizer"])
 
 
 def _task_section(task: str, rows: pd.DataFrame, task_runs: pd.DataFrame, plots: dict[str, Path] | None) -> list[str]:

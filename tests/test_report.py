@@ -280,3 +280,15 @@ def test_board_carries_verdicts_discrimination_and_profiles(tmp_path):
     assert "## Verdicts against AdamW" in text and "Resolved (better, equivalent or worse): **67%**" in text
     assert "accuracy (secondary)" in text and board.cells.set_index("optimizer").loc["sgd", "accuracy_mean"] == \
         pytest.approx(1 - 0.414)
+
+
+def test_a_memory_saving_optimizer_that_saves_nothing_on_a_task_is_named(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in range(2):
+        put(runs, make_record("task-a", "adamw", seed, 0.9, state=1000))
+        put(runs, make_record("task-a", "galore", seed, 0.9, state=1000))  # no tensor projected: AdamW's state
+        put(runs, make_record("task-a", "muon", seed, 0.9, state=500))  # saves: not named
+        put(runs, make_record("task-a", "adam", seed, 0.9, state=1000))  # plain Adam is not a memory saver
+    md = write_report(runs, tmp_path / "out", "smoke", plots=False).leaderboard_md.read_text()
+    line = next(line for line in md.splitlines() if line.startswith("Saves no state here"))
+    assert "`galore`" in line and "`muon`" not in line and "`adam`" not in line
