@@ -181,35 +181,6 @@ def test_rules_agreement_by_role():
     assert agree == {"query": 1.0, "key": 0.0, "bias": 1.0, "_all": pytest.approx(2 / 3)}
 
 
-def test_study_matches_criteria_by_memory_saved():
-    from optbench.studies import matched_criteria
-
-    def row(crit, alpha, saved, metric, rules):
-        return {"task": "t", "criterion": crit, "alpha": alpha, "v_saved": saved, "metric": metric,
-                "rules_json": json.dumps(rules)}
-
-    rows = [row("snr", 1, 0.50, 0.9, {"a": [1], "b": None}), row("variance", 0.1, 0.52, 0.8, {"a": [1], "b": [0]}),
-            row("variance", 1, 0.0, 0.95, {"a": None, "b": None}), row("relerr", 1, 0.9, 0.7, {"a": [0], "b": [0]})]
-    (m,) = matched_criteria(rows, tolerance=0.05)
-    assert m["variance_alpha"] == 0.1 and m["variance_metric"] == 0.8 and m["variance_same_axes"] == 0.5
-    assert math.isnan(m["relerr_metric"])  # 0.9 saved is not within 0.05 of 0.5
-
-
-@pytest.mark.slow
-def test_study_all_smoke_writes_tables_and_plots(tmp_path):
-    threads = torch.get_num_threads()
-    code = main(["study", "all", "--preset", "smoke", "--tasks", "digits-mlp", "--alphas", "0.5,2",
-                 "--criterion-alphas", "0.1,1", "--lr-scales", "0.1,1", "--out", str(tmp_path)])
-    torch.set_num_threads(threads)
-    assert code == 0
-    for name in ("alpha", "criterion", "proxy", "lr", "cost", "curves"):
-        for ext in ("md", "csv", "png"):
-            assert (tmp_path / f"{name}.{ext}").stat().st_size > 0, (name, ext)
-    assert (tmp_path / "criterion_matched.csv").exists() and (tmp_path / "seeds.csv").exists()
-    curves = (tmp_path / "curves.csv").read_text()
-    assert "AdamW" in curves and "SlimAdam (static rules)" in curves and "SlimAdam (SNR rules" in curves
-
-
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "optimizers" / "rules").glob("*.json")),
                          ids=lambda p: p.stem)
 def test_committed_rules_match_the_current_task_model(path):
