@@ -130,7 +130,9 @@ def snr_rules(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def studies(session: nox.Session) -> None:
-    """SNR studies -> results/snr (minutes on 2 cores); `-- --preset smoke` for a quick check."""
+    """Every SNR study at 3 seeds per arm -> results/snr (tables, plots; run records in results/snr/runs/, so an
+    interrupted session resumes). Reads the tuned lrs of tasks/tuned_lrs.json: run it after the sweeps.
+    `-- --dry-run` lists the planned runs; `-- --preset smoke --out DIR` for a quick check elsewhere."""
     run_in_env(session, "-m", "optbench", "study", "all", "--preset", "cpu", "--out", "results/snr", *session.posargs)
 
 
