@@ -1,7 +1,8 @@
-"""The GPU-tier tasks' data path: safe CIFAR-10 loading, no per-batch host copies, any preset."""
+"""The GPU-tier tasks: safe CIFAR-10 loading, no per-batch host copies, held-out loss first, margins, any preset."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 
@@ -81,6 +82,17 @@ def test_cifar_batches_on_the_device_cost_no_host_copy(task):
     assert first[0].dtype == torch.float32 and first[0].shape[1:] == (3, 32, 32)
 
 
+@needs_cuda_build
+@pytest.mark.parametrize("task", ["cifar10-resnet18", "vit-s-cifar10"])
+def test_cifar_evaluation_on_the_device_reads_its_sums_once(task, tmp_path):
+    with fake_cuda() as fake:
+        instance = get_task(task).instantiate("smoke", 0, "cuda", data_dir=str(tmp_path))
+        with fake.syncs.recording() as syncs:
+            result = instance.evaluate(instance.model)  # a device mismatch would raise here
+    assert dict(syncs) == {"blocking copy cuda->cpu": 1}  # the (loss sum, correct count) pair, read together
+    assert set(result.extra) == {"accuracy"} and result.metric == result.loss
+
+
 def test_cifar_batches_depend_on_the_seed_only():
     data = cifar10_data.stand_in(64, 8)
     a = cifar10_data.train_batches(data[0], data[1], 16, 3, torch.device("cpu"))
@@ -91,12 +103,17 @@ def test_cifar_batches_depend_on_the_seed_only():
 
 
 @needs_cuda_build
-def test_gpt2_small_asks_the_default_corpus_for_the_windows_it_has():
+def test_gpt2_small_evaluates_on_the_whole_held_out_part_under_any_preset_but_smoke():
+    from optbench.tasks._text import load_corpus
+
+    _, held_out = load_corpus(None, gpt2_small.FULL["context"])
+    whole = (len(held_out) - 1) // gpt2_small.FULL["context"]  # every full window; only a partial one is left
     with fake_cuda():
         instance = get_task("gpt2-small").instantiate("gpu_check", 0, "cuda")
-    held_out = [n for n in instance.notes if n.startswith("held-out:")]
-    assert held_out and held_out[0].startswith("held-out: 45 windows of 1024 bytes"), instance.notes
-    assert "gpu" not in gpt2_small.EVAL_WINDOWS  # every preset but smoke takes up to MAX_EVAL_WINDOWS
+    assert f"held-out: {whole} windows of 1024 bytes, the whole held-out part" in instance.notes, instance.notes
+    assert set(gpt2_small.EVAL_WINDOWS) == {"smoke"}  # a new preset needs no entry (issue 19 item 6)
+    smoke = get_task("gpt2-small").instantiate("smoke", 0, "cpu")
+    assert "held-out: 4 windows of 64 bytes, the first 4" in smoke.notes
 
 
 @pytest.mark.parametrize("task", GPU_TASKS)
@@ -187,3 +204,52 @@ def test_the_memory_tracker_fits_this_torch_and_a_misfit_falls_back_with_a_reaso
     report = memory.measure_training_memory(model, opt, batches, loss, steps=2)
     assert report.method.startswith("fallback (MemTracker failed: RuntimeError: torch")
     assert "_update_peak_stats" in report.method and report.peak_by_category["params"] > 0
+
+
+CIFAR_TASKS = ["cifar10-resnet18", "vit-s-cifar10"]
+
+
+@pytest.mark.parametrize("task", CIFAR_TASKS)
+def test_cifar_tasks_score_held_out_loss_with_accuracy_secondary(task, tmp_path):
+    spec = get_task(task)
+    assert (spec.metric.name, spec.metric.higher_is_better) == ("loss", False)
+    assert all(b.target is None or 0 < b.target < math.log(10) for b in spec.budgets.values())  # losses, not rates
+    instance = spec.instantiate("smoke", 0, "cpu", data_dir=str(tmp_path))  # stand-in images
+    result = instance.evaluate(instance.model)
+    _, _, x_te, y_te = cifar10_data.stand_in(*cifar10_data.STAND_IN_SMOKE)
+    n = {"cifar10-resnet18": 32, "vit-s-cifar10": 64}[task]  # the smoke test subsets
+    with torch.no_grad():
+        instance.model.eval()
+        logits = instance.model(cifar10_data.normalize(x_te[:n]))
+        instance.model.train()
+    expected_loss = torch.nn.functional.cross_entropy(logits, y_te[:n]).item()
+    assert result.metric == result.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert result.extra == {"accuracy": pytest.approx((logits.argmax(-1) == y_te[:n]).float().mean().item())}
+
+
+def test_a_cifar_run_records_loss_as_the_metric_and_accuracy_beside_it(tmp_path):
+    from optbench.runner import run_one
+
+    record = run_one("vit-s-cifar10", "sgd", preset="smoke", device="cpu", task_options={"data_dir": str(tmp_path)},
+                     measure_memory_pass=False)
+    metrics = record["metrics"]
+    assert record["status"] == "ok", record["error"]
+    assert (metrics["metric_name"], metrics["higher_is_better"]) == ("loss", False)
+    assert metrics["final_metric"] == metrics["eval_loss"] and 0 <= metrics["accuracy"] <= 1
+
+
+def test_every_gpu_tier_task_states_its_margin_in_its_spec_docstring_and_the_task_list(capsys):
+    import importlib
+    import json
+
+    from optbench.cli import main
+
+    assert main(["tasks", "--json"]) == 0
+    shown = {row["name"]: row["margin"] for row in json.loads(capsys.readouterr().out)}
+    modules = {"cifar10-resnet18": "cifar10_resnet18", "vit-s-cifar10": "vit_s_cifar10", "gpt2-small": "gpt2_small"}
+    assert sorted(modules) == GPU_TASKS
+    for task, module in modules.items():
+        margin = get_task(task).margin
+        assert 0 < margin <= 0.02 and shown[task] == margin
+        doc = importlib.import_module(f"optbench.tasks.{module}").__doc__
+        assert f"Verdict margin (``margin={margin}``, fixed before any result" in doc, task
