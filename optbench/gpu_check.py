@@ -5,7 +5,8 @@ says how to run it there and what it should cost). For each GPU-tier task and ea
 available there (the ``gpu_check`` budgets: a few dozen steps on the full-size models, stand-in
 CIFAR data), it runs the cell through the runner and the run store, as ``optbench run`` would,
 then counts the host-device syncs inside ``optimizer.step()`` in a short pass of its own. It
-writes ``GPU_CHECK.md`` and ``gpu_check.csv`` to ``--out`` (default results/gpu): per cell the
+writes ``GPU_CHECK.md`` and ``gpu_check.csv`` to ``--out`` (default results/gpu on CUDA,
+.gpu_runs/cpu_check on the CPU, which publishes nothing): per cell the
 tracked peak next to ``torch.cuda.max_memory_allocated``/``reserved``, the optimizer step and
 the whole step against fused AdamW's, syncs per step, and the hardware in the header.
 
@@ -20,7 +21,11 @@ Robust to what a first GPU run meets:
 
 ``--device cpu`` runs the same code on the CPU with the tasks' ``smoke`` budgets (small models, a
 few steps: the full models take minutes per step on a CPU), so CI can run it; syncs are not
-counted there (no device to sync with).
+counted there (no device to sync with). One setting differs there, not what a cell runs: each
+worker uses one thread (``--threads``): the smoke models are too small to gain from more, and on
+a small shared machine threads that wait on each other cost far more than they give. The CPU
+table's step times (one timed step at most after the smoke budgets' warm-up) check the plumbing,
+not speed. On CUDA the workers keep torch's default threads.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ CPU_PRESET = "smoke"  # what --device cpu runs instead of gpu_check (see the mod
 BASELINE = "adamw"
 SYNC_STEPS = 3  # the sync pass: step 1 (state is made) and steps 2..SYNC_STEPS (steady), counted apart
 DEFAULT_BUDGET_S = 270.0
+DEFAULT_OUT = "results/gpu"
+DEFAULT_CPU_OUT = ".gpu_runs/cpu_check"  # .gpu_runs/ is git-ignored
 
 
 # ----------------------------------------------------------------------------- plan
@@ -152,10 +159,15 @@ def sync_pass(task: str, optimizer: str, preset: str, device: str) -> dict:
 # ----------------------------------------------------------------------------- the worker (one per task)
 
 
-def worker(task: str, optimizers: Sequence[str], preset: str, device: str, runs_dir: Path, deadline: float) -> int:
+def worker(task: str, optimizers: Sequence[str], preset: str, device: str, runs_dir: Path, deadline: float,
+           threads: int | None = None) -> int:
     """Run ``task``'s cells in order, writing each one's row as it ends; stop starting cells at ``deadline``."""
+    import torch
+
     from optbench.runner import Cell, resolve_run, run_grid
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     status = runs_dir / "gpu_check.status"
     for name in optimizers:
         row_path = _cell_file(runs_dir / "rows", task, name)
@@ -195,7 +207,7 @@ def _crashed_cell(status: Path, task: str) -> str | None:
 
 
 def run_task(task: str, todo: list[str], preset: str, device: str, runs_dir: Path, deadline: float,
-             retry_crashed: bool, plugins: Sequence[str] = ()) -> None:
+             retry_crashed: bool, plugins: Sequence[str] = (), threads: int | None = None) -> None:
     """Drive ``task``'s workers until every cell has a row, a crash file, or the deadline passed."""
     crashes = runs_dir / "crashes"
     todo = [n for n in todo if retry_crashed or not _cell_file(crashes, task, n).exists()]
@@ -203,6 +215,7 @@ def run_task(task: str, todo: list[str], preset: str, device: str, runs_dir: Pat
         log = runs_dir / f"worker-{task}.log"
         cmd = [sys.executable, "-m", "optbench.gpu_check", "--worker", "--tasks", task, "--optimizers", ",".join(todo),
                "--device", device, "--preset", preset, "--runs-dir", str(runs_dir), "--deadline", str(deadline),
+               *(["--threads", str(threads)] if threads is not None else []),
                *(arg for path in plugins for arg in ("--plugin", path))]
         with log.open("w") as err:
             code = subprocess.run(cmd, stderr=err, check=False).returncode
@@ -224,7 +237,8 @@ def run_task(task: str, todo: list[str], preset: str, device: str, runs_dir: Pat
 # ----------------------------------------------------------------------------- the table
 
 
-def hardware(device: str) -> dict[str, Any]:
+def hardware(device: str, threads: int | None = None) -> dict[str, Any]:
+    """The header's hardware: this process's environment, with the workers' thread count when set."""
     import torch
 
     from optbench.env import environment, git_commit
@@ -236,6 +250,8 @@ def hardware(device: str) -> dict[str, Any]:
         info.update(cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}",
                     gpu_memory_gib=round(props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count)
     info["platform"] = platform.platform()
+    if threads is not None:
+        info["threads"] = threads
     return info
 
 
@@ -332,7 +348,9 @@ def write_outputs(rows: list[dict], hw: dict, out: Path, preset: str, command: s
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m optbench.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default; needs CUDA) or cpu (smoke budgets)")
-    parser.add_argument("--out", default="results/gpu", help="where GPU_CHECK.md and gpu_check.csv go")
+    parser.add_argument("--out", default=None,
+                        help=f"where GPU_CHECK.md and gpu_check.csv go (default: {DEFAULT_OUT} on cuda; "
+                             f"{DEFAULT_CPU_OUT}, git-ignored, on cpu: a CPU check is not a published result)")
     parser.add_argument("--runs-dir", default=None, help="records, sync counts, crashes (default: OUT/runs)")
     parser.add_argument("--tasks", default=None, help="comma-separated GPU-tier tasks (default: all)")
     parser.add_argument("--optimizers", default=None, help="comma-separated optimizers (default: all)")
@@ -340,6 +358,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"start no cell after this many seconds (default {DEFAULT_BUDGET_S:g} on cuda, "
                              "none on cpu)")
     parser.add_argument("--retry-crashed", action="store_true", help="run again the cells whose worker died")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per worker (default: 1 on cpu, torch's default on cuda)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file that registers extra optimizers, checked too (repeatable)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -364,33 +384,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     from optbench.errors import UsageError
 
     args = parse_args(argv)
-    runs_dir = Path(args.runs_dir or Path(args.out) / "runs")
     try:
-        from optbench.registry import load_plugin
+        from optbench.registry import load_plugin, plugin_files
 
         for path in args.plugin:
             load_plugin(path)
         device = check_device(args.device)
-        preset = args.preset or ("gpu_check" if device.startswith("cuda") else CPU_PRESET)
+        on_cuda = device.startswith("cuda")
+        out = Path(args.out or (DEFAULT_OUT if on_cuda else DEFAULT_CPU_OUT))
+        runs_dir = Path(args.runs_dir or out / "runs")
+        preset = args.preset or ("gpu_check" if on_cuda else CPU_PRESET)
+        if args.threads is not None and args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: give 1 or more")
+        threads = args.threads if args.threads is not None else (None if on_cuda else 1)
         if args.worker:
-            return worker(_csv(args.tasks)[0], _csv(args.optimizers), preset, device, runs_dir, args.deadline)
+            return worker(_csv(args.tasks)[0], _csv(args.optimizers), preset, device, runs_dir, args.deadline,
+                          threads)
         cells = plan(device, _csv(args.tasks), _csv(args.optimizers))
     except UsageError as exc:
         print(f"gpu_check: error: {exc}", file=sys.stderr)
         return 2
-    budget = args.budget_s if args.budget_s is not None else (DEFAULT_BUDGET_S if device.startswith("cuda") else None)
+    budget = args.budget_s if args.budget_s is not None else (DEFAULT_BUDGET_S if on_cuda else None)
     start = time.time()
     deadline = start + budget if budget is not None else float("inf")
     runs_dir.mkdir(parents=True, exist_ok=True)
     print(f"gpu_check: {len(cells)} cells on {device} (preset {preset}), records in {runs_dir}", flush=True)
+    plugins = [str(path) for path in plugin_files()]  # every plugin plan() saw, not only --plugin's
     for task in dict.fromkeys(t for t, _, _ in cells):
         todo = [name for t, name, reason in cells if t == task and not reason]
-        run_task(task, todo, preset, device, runs_dir, deadline, args.retry_crashed, args.plugin)
+        run_task(task, todo, preset, device, runs_dir, deadline, args.retry_crashed, plugins, threads)
     rows = table_rows(cells, runs_dir)
     command = "python -m optbench.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_outputs(rows, hardware(device), Path(args.out), preset, command.strip(), time.time() - start)
+    write_outputs(rows, hardware(device, threads), out, preset, command.strip(), time.time() - start)
     bad = [r for r in rows if not r["status"].startswith(("ok", "unavailable"))]
-    print(f"gpu_check: wrote {Path(args.out) / 'GPU_CHECK.md'}; {len(rows) - len(bad)} of {len(rows)} cells ok "
+    print(f"gpu_check: wrote {out / 'GPU_CHECK.md'}; {len(rows) - len(bad)} of {len(rows)} cells ok "
           "or unavailable" + (f"; not ok: {', '.join(r['task'] + '/' + r['optimizer'] for r in bad)}" if bad else ""))
     return 1 if bad else 0
 
