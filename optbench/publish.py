@@ -5,7 +5,8 @@ store (an interrupted publish picks up where it stopped and reruns nothing finis
 
 1. ``optbench sweep`` per task: every task of the preset's tier x every available optimizer,
    by the tuning protocol (``optbench.sweep``) -> ``results/sweeps/<preset>/``, ``tasks/tuned_lrs.json``;
-2. ``optbench run``: the board, every task x optimizer x seeds 0-4 at the tuned lrs -> ``results/runs/``;
+2. ``optbench run``: the board, every task x optimizer x the task's board seeds (``TaskSpec.board_seeds``:
+   seeds 0..n-1, at least 5) at the tuned lrs -> ``results/runs/``;
 3. ``optbench report`` (``--html`` too when the verb offers it) -> ``results/``.
 
 Then the compute: the sum of ``wall_s`` (training plus memory pass, as each record states it)
@@ -38,7 +39,6 @@ from pathlib import Path
 from optbench.errors import UsageError
 from optbench.sweep import Protocol
 
-BOARD_SEEDS = (0, 1, 2, 3, 4)
 SMOKE_DIR = Path("results/runs-scratch/publish-smoke")
 SMOKE = {"preset": "smoke", "tasks": "digits-mlp", "optimizers": "adamw,sgd", "points": 3, "seeds": "0,1",
          "out": str(SMOKE_DIR)}
@@ -52,7 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default=None, help="smoke | cpu | gpu (default: cpu)")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task of the tier)")
     parser.add_argument("--optimizers", default=None, help="comma-separated optimizers (default: all available)")
-    parser.add_argument("--seeds", default=None, help=f"board seeds (default: {','.join(map(str, BOARD_SEEDS))})")
+    parser.add_argument("--seeds", default=None,
+                        help="board seeds for every task (default: each task's board_seeds, seeds 0..n-1)")
     parser.add_argument("--points", type=int, default=None, help=f"sweep grid size (default: {protocol.points})")
     parser.add_argument("--out", default=None, help="results root (default: results)")
     parser.add_argument("--table", default=None,
@@ -71,7 +72,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.preset = args.preset or "cpu"
-    args.seeds = args.seeds or ",".join(map(str, BOARD_SEEDS))
     args.out = Path(args.out or "results")
     if args.table is None and args.smoke:
         args.table = str(args.out / "tuned_lrs.json")
@@ -179,10 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     tasks, optimizers = resolve_names(args)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    seeds = board_seeds(tasks, args.seeds)
     protocol = Protocol(points=args.points or Protocol().points)
     env = dict(os.environ)
     if args.table:
@@ -192,22 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = ["--no-progress"] if args.no_progress else []
     given = list(sys.argv[1:] if argv is None else argv)
     command = args.command or shlex.join(["python", "-m", "optbench.publish", *given])
-    print(f"publish: {len(tasks)} task(s) x {len(optimizers)} optimizer(s); sweeps then {len(seeds)} board seeds, "
-          f"preset {args.preset}, into {args.out}")
+    print(f"publish: {len(tasks)} task(s) x {len(optimizers)} optimizer(s); sweeps then the board ("
+          + ", ".join(f"{task} {len(seeds[task])} seeds" for task in tasks)
+          + f"), preset {args.preset}, into {args.out}")
     spread = ["--executor", args.executor] + (["--threads", str(args.threads)] if args.threads else []) + (
         ["--address", args.address] if args.address else [])
     for task in tasks:
         step(["sweep", "--task", task, "--optimizers", ",".join(optimizers), "--points", str(protocol.points),
               "--runs-dir", str(sweeps_out / "runs"), "--out", str(sweeps_out),
               *(["--table", args.table] if args.table else []), *common, *spread, *quiet], env)
-    step(["run", "--tasks", ",".join(tasks), "--optimizers", ",".join(optimizers), "--seeds", args.seeds,
-          "--runs-dir", str(runs_dir), *common, *quiet], env)
+    for group_seeds, group in seed_groups(tasks, seeds):
+        step(["run", "--tasks", ",".join(group), "--optimizers", ",".join(optimizers),
+              "--seeds", ",".join(map(str, group_seeds)), "--runs-dir", str(runs_dir), *common, *quiet], env)
     tuned = read_table(Path(env.get(TABLE_ENV) or _default_table()), args.preset)
-    board = {task: board_compute(runs_dir, args.preset, task, optimizers, seeds, tuned.get(task, {})) for task in tasks}
-    held = sum(runs for runs, _ in board.values())
-    if held < len(tasks) * len(optimizers) * len(seeds):  # `run` exits 1 both for a failed run and for a crash
-        raise SystemExit(f"publish: the board holds {held} of {len(tasks) * len(optimizers) * len(seeds)} runs; "
-                         "stopping (rerun to resume)")
+    board = {task: board_compute(runs_dir, args.preset, task, optimizers, seeds[task], tuned.get(task, {}))
+             for task in tasks}
+    held, wanted = sum(runs for runs, _ in board.values()), sum(len(optimizers) * len(seeds[t]) for t in tasks)
+    if held < wanted:  # `run` exits 1 both for a failed run and for a crash
+        raise SystemExit(f"publish: the board holds {held} of {wanted} runs; stopping (rerun to resume)")
     step(["report", "--preset", args.preset, "--runs-dir", str(runs_dir), "--out", str(args.out),
           "--command", command, *(["--html"] if report_offers_html() else [])], env)
 
@@ -223,6 +222,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\npublish: total compute {hours(total)} ({total:.0f} s summed over "
           f"{sum(r.sweep_runs + r.board_runs for r in rows)} runs); wrote {path}")
     return 0
+
+
+def board_seeds(tasks: Sequence[str], given: str | None) -> dict[str, list[int]]:
+    """The board's seeds per task: ``--seeds`` for every task when given, else each task's ``board_seeds``."""
+    from optbench import registry
+
+    if given is not None:
+        try:
+            seeds = [int(s) for s in given.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seeds must be comma-separated integers, got {given!r}") from None
+        if not seeds:
+            raise UsageError(f"--seeds must name at least one seed, got {given!r}")
+        return {task: seeds for task in tasks}
+    return {task: list(range(registry.get_task(task).board_seeds)) for task in tasks}
+
+
+def seed_groups(tasks: Sequence[str], seeds: dict[str, list[int]]) -> list[tuple[list[int], list[str]]]:
+    """Tasks that share their seeds, in the tasks' order: one ``optbench run`` per group."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for task in tasks:
+        groups.setdefault(tuple(seeds[task]), []).append(task)
+    return [(list(key), group) for key, group in groups.items()]
 
 
 def read_table(path: Path, preset: str) -> dict[str, dict[str, float]]:

@@ -189,10 +189,17 @@ class TaskSpec:
     # loss: |candidate - AdamW| within it counts as equivalent. Fixed per task before any results
     # (at most 0.02); each task's docstring says why its value.
     margin: float = 0.01
+    # How many seeds the published board runs (seeds 0..n-1; the protocol asks for at least 5).
+    # Part of the budget, sized for signal before any board result: a task whose runs cost
+    # seconds and whose held-out loss is noisy relative to its margin runs more, so that its
+    # paired CIs are narrow enough to decide. Each task's docstring says why its value.
+    board_seeds: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.margin <= 0.02:
             raise ValueError(f"task {self.name!r}: margin {self.margin} must be in (0, 0.02]")
+        if self.board_seeds < 5:
+            raise ValueError(f"task {self.name!r}: board_seeds {self.board_seeds} must be >= 5")
         if self.tier not in TIERS:
             raise ValueError(f"task {self.name!r}: tier {self.tier!r} not in {TIERS}")
 

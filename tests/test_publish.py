@@ -59,3 +59,29 @@ def test_publish_smoke_runs_the_whole_pipeline_and_resumes(tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "runs" in p.parts} == stored
     assert f"summed over {n_runs} runs" in second.stdout
+
+
+def test_board_seeds_come_from_each_task_unless_given(tmp_path):
+    from optbench import registry
+    from optbench.errors import UsageError
+    from optbench.publish import board_seeds, seed_groups
+
+    tasks = ["digits-mlp", "digits-cnn", "topics-gpt"]
+    seeds = board_seeds(tasks, None)
+    assert all(seeds[t] == list(range(registry.get_task(t).board_seeds)) for t in tasks)
+    assert all(len(s) >= 5 for s in seeds.values())  # the protocol's floor
+    # tasks sharing their seeds share one `optbench run`, in the tasks' order
+    groups = seed_groups(tasks, {"digits-mlp": [0, 1], "digits-cnn": [0, 1], "topics-gpt": [0, 1, 2]})
+    assert groups == [([0, 1], ["digits-mlp", "digits-cnn"]), ([0, 1, 2], ["topics-gpt"])]
+    assert board_seeds(tasks, "3,4") == {t: [3, 4] for t in tasks}
+    with pytest.raises(UsageError, match="--seeds"):
+        board_seeds(tasks, "a,b")
+
+
+def test_a_task_cannot_ask_for_fewer_board_seeds_than_the_protocol():
+    from dataclasses import replace
+
+    from optbench import registry
+
+    with pytest.raises(ValueError, match="board_seeds 3 must be >= 5"):
+        replace(registry.get_task("digits-mlp"), board_seeds=3)

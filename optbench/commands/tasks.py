@@ -21,7 +21,7 @@ def rows() -> list[dict]:
         reason = spec.requires.unmet()
         out.append({"name": name, "tier": spec.tier, "description": spec.description,
                     "metric": spec.metric.name, "higher_is_better": spec.metric.higher_is_better,
-                    "margin": spec.margin,
+                    "margin": spec.margin, "board_seeds": spec.board_seeds,
                     "budgets": {p: asdict(b) for p, b in spec.budgets.items()}, "options": list(spec.options),
                     "available": reason is None, "reason": reason})
     return out
