@@ -75,9 +75,17 @@ class Projection:
         return asdict(self)
 
 
+# torch.compile's reason for a frame it skips while a dispatch mode (the tracker, fake tensors) is active
+COMPILE_UNDER_DISPATCH_MODE = "torch dispatch mode present"
+
+
 def _short(exc: BaseException) -> str:
+    """Why an optimizer could not be projected, in one line for the row's note."""
     if isinstance(exc, DataDependentOutputException):
         return f"it reads a tensor's value ({exc.func}, e.g. .item()), which fake tensors do not have"
+    if COMPILE_UNDER_DISPATCH_MODE in str(exc):  # the first line only says that no frame was compiled
+        return ("its step runs through torch.compile, which does not trace under the memory tracker's dispatch "
+                "mode")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:160]}"
 

@@ -37,7 +37,8 @@ the class compiles by default, the registered optimizer does not (``compile`` hy
 False): on a 2-core CPU compiling costs minutes per model, more than a board run).
 Its one dense float32 temporary is ``a``; the window's moments are gathered on its support
 (about m·k_init·N entries) through that same buffer, never into dense m and v. The eager path
-works on blocks, so that its other scratch stays a few MiB.
+works on pieces (``piece_elements``), so that its other scratch stays below what the window's
+moments take and its op count per tensor stays bounded.
 
 ``impl="official"`` hands the parameters to ``ista_daslab_optimizers.MicroAdam``, which needs
 CUDA and bfloat16 parameters (its kernels assert bf16 gradients); both are checked before it
@@ -76,6 +77,7 @@ INT16_BLOCK_LIMIT = 32768  # indices 0..32767 fit int16
 IMPLS = ("torch", "official")
 OFFICIAL_PACKAGE = "ista_daslab_optimizers"
 CHUNK_ELEMENTS = 1 << 18  # the eager path works on pieces of about this many elements
+MAX_PIECES = 8  # ... and on at most this many pieces per tensor (``piece_elements``)
 BOARD_NOTE = (
     "Defaults are the paper's fine-tuning setting: a window of m = 10 sparse gradients at 1% density "
     "(k_init 0.01) and alpha = 0, so each step updates at most 10% of the coordinates; at budgets of a few "
@@ -187,13 +189,37 @@ class ErrorFeedback:
         maxs[blocks].copy_(block_max)
 
 
+def piece_elements(numel: int, block_size: int) -> int:
+    """Elements per piece of the eager step for a tensor of ``numel`` elements: a pure function of
+    the tensor's size, so the step and its projection on fake tensors cut a tensor alike.
+
+    Whole quantization blocks of ``block_size``, an even count (no byte of codes straddles two
+    pieces), about ``CHUNK_ELEMENTS``, and at least ``numel / MAX_PIECES``: never more than
+    ``MAX_PIECES`` pieces, so the step's op count per tensor does not grow with its size (a
+    projection on fake tensors pays a dispatch for every op). A piece holds at most
+    max(CHUNK_ELEMENTS, numel / MAX_PIECES) + 2 blocks, and the scratch of a piece is 12 bytes per
+    element (while the error is read and written): at most 1.5 bytes per parameter plus 5 MiB,
+    besides the 4 bytes per parameter of the buffer ``a``. That stays under what the window's moments
+    take on the support (about 2.5 bytes per parameter at the defaults), so the pieces do not raise
+    the step's peak.
+    """
+    blocks = max(1, CHUNK_ELEMENTS // block_size, -(-numel // (MAX_PIECES * block_size)))
+    step = blocks * block_size
+    return step + step % 2 * block_size
+
+
 def _pieces(numel: int, block_size: int, whole: bool) -> list[tuple[int, int]]:
     """(lo, hi) ranges of whole quantization blocks, each of an even length but the last (one range if ``whole``)."""
     if whole:
         return [(0, numel)]
-    step = max(1, CHUNK_ELEMENTS // block_size) * block_size
-    step += step % 2 * block_size  # even, so that no byte of codes straddles two pieces
+    step = piece_elements(numel, block_size)
     return [(lo, min(numel, lo + step)) for lo in range(0, numel, step)]
+
+
+def topk_blocks_per_piece(full: int, size: int) -> int:
+    """Top-k blocks of ``size`` per piece of the eager selection: about ``CHUNK_ELEMENTS`` elements,
+    and at most ``MAX_PIECES`` pieces over the ``full`` blocks (``piece_elements``' rule)."""
+    return max(1, CHUNK_ELEMENTS // size, -(-full // MAX_PIECES))
 
 
 # ----------------------------------------------------------------------------- the step, per tensor
@@ -223,7 +249,7 @@ def select_top_k(a: torch.Tensor, layout: tuple[int, int, int, int, int], whole:
     """Global indices (K,) of the k largest |a| in every top-k block of the flat ``a``."""
     full, size, k, rest, k_rest = layout
     picked = []
-    per_piece = full if whole else max(1, CHUNK_ELEMENTS // size)
+    per_piece = full if whole else topk_blocks_per_piece(full, size)
     for first in range(0, full, per_piece):
         last = min(full, first + per_piece)
         blocks = a[first * size:last * size].view(last - first, size)
@@ -304,7 +330,7 @@ def microadam_step(params: list[torch.Tensor], grads: list[torch.Tensor], states
 
 def microadam_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple], layout: tuple,
                          microadam_scalars: list[tuple[float, ...]]) -> None:
-    """The same step, eagerly, in pieces of about ``CHUNK_ELEMENTS`` besides the buffer ``a``."""
+    """The same step, eagerly, in pieces (``piece_elements``: at most ``MAX_PIECES``) besides the buffer ``a``."""
     _every_tensor(params, grads, states, layout, microadam_scalars, whole=False)
 
 

@@ -36,8 +36,8 @@ in the state (no tensor).
 The step is one function over every tensor, which ``torch.compile`` can fuse (``optbench.optimizers._common``;
 the class compiles by default, the registered optimizer does not (``compile`` hyperparameter,
 False): on a 2-core CPU compiling costs minutes per model, more than a board run);
-the eager path runs the same row function on blocks of rows, so that its scratch stays a few
-MiB however large a tensor is.
+the eager path runs the same row function on blocks of rows, so that its scratch stays a fraction
+of one parameter-sized float32 temporary however large a tensor is (``block_rows``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from optbench.spec import OptimizerSpec
 
 WEIGHT_DECAY_MODES = ("adamw", "adam")
 CHUNK_ELEMENTS = 1 << 18  # the eager path's block of rows holds at most about this many elements
+MAX_BLOCKS = 8  # ... and a tensor has at most this many blocks (``block_rows``)
 FACTORED, PLAIN = "factored", "plain"
 
 
@@ -231,8 +232,8 @@ def smmf_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: lis
 
 def smmf_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[tuple[torch.Tensor, ...]],
                     layout: tuple, smmf_scalars: list[tuple[float, ...]]) -> None:
-    """The same step, eagerly, on blocks of at most ``CHUNK_ELEMENTS`` (rows a multiple of 32, so
-    that each block's signs are whole words): the scratch is a few blocks, not a few tensors."""
+    """The same step, eagerly, on blocks of rows (``block_rows``: about ``CHUNK_ELEMENTS``, at most
+    ``MAX_BLOCKS`` per tensor): the scratch is a few blocks, not a few tensors."""
     for p, g, state, (kind, l2_term, slot) in zip(params, grads, states, layout, strict=True):
         if kind == PLAIN:
             plain_adam_(p, g, state[0], state[1], smmf_scalars[slot], l2_term)
@@ -240,11 +241,28 @@ def smmf_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], state
             _factored_in_blocks(p, g, state, smmf_scalars[slot], l2_term)
 
 
+def block_rows(rows: int, cols: int) -> int:
+    """Rows per block of the eager step on a (rows, cols) matricized tensor: a pure function of its
+    shape, so the step and its projection on fake tensors cut a tensor alike.
+
+    A multiple of 32 (each block's signs are whole words), at most about ``CHUNK_ELEMENTS``
+    elements, but at least ``rows / MAX_BLOCKS``: never more than ``MAX_BLOCKS`` blocks, so the
+    step's op count per tensor does not grow with its size (a projection on fake tensors pays a
+    dispatch for every op). A block holds at most max(CHUNK_ELEMENTS, N / MAX_BLOCKS) + 32·cols of
+    the tensor's N elements, and the step's scratch is 20 bytes per block element (five float32
+    block-sized temporaries at once): at most 2.5 bytes per parameter plus 5 MiB + 640·cols bytes,
+    under two thirds of one parameter-sized float32 temporary (the most the step may hold).
+    """
+    fit = CHUNK_ELEMENTS // cols // SIGN_BITS * SIGN_BITS
+    bounded = -(-rows // (MAX_BLOCKS * SIGN_BITS)) * SIGN_BITS
+    return max(SIGN_BITS, fit, bounded)
+
+
 def _factored_in_blocks(param: torch.Tensor, grad: torch.Tensor, state: tuple[torch.Tensor, ...],
                         scalars: Sequence[float], l2_term: bool) -> None:
     row_m, col_m, row_v, col_v, sign = state
     rows, cols = param.shape
-    block = max(SIGN_BITS, CHUNK_ELEMENTS // cols // SIGN_BITS * SIGN_BITS)
+    block = block_rows(rows, cols)
     row_sums_m, row_sums_v = torch.empty_like(row_m), torch.empty_like(row_v)
     col_sums_m, col_sums_v = torch.zeros_like(col_m), torch.zeros_like(col_v)
     for lo in range(0, rows, block):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 import warnings
@@ -10,7 +11,9 @@ from collections import Counter
 
 import pytest
 import torch
+from optbench.optimizers import microadam, smmf
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import optbench.project as proj
 from optbench import registry
@@ -225,3 +228,127 @@ def test_llama2_7b_adamw_state_is_two_moments_and_a_step_per_tensor():
     assert row.state_bytes == 8 * result.n_params + 4 * (32 * 9 + 2 + 1)
     assert row.peak_bytes >= 2 * result.param_bytes + row.state_bytes
     assert result.param_bytes == 4 * EXPECTED_PARAMS["llama2-7b"]
+
+
+# ----------------------------------------------------------------------------- the eager steps a projection runs
+# A projection runs each optimizer's eager step op by op on fake tensors, every op paying a fake-tensor and
+# a tracker dispatch: an eager step whose op count per tensor grows with the tensor's size (pieces of a fixed
+# size) makes a large model's projection run for hours. The pieces are a pure function of the tensor's size,
+# so the real step and its projection cut a tensor alike and the projected scratch is the real one.
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def eager_step_ops(name: str, rows: int, cols: int) -> int:
+    """Aten ops of the second eager step of ``name`` (registered defaults) on one fake (rows, cols) weight."""
+    spec = registry.get_optimizer(name)
+    with fake_world(torch.float32), skip_init():
+        model = nn.Linear(cols, rows, bias=False)
+        model.weight.grad = torch.zeros_like(model.weight)
+        opt = spec.build(model, spec.default_lr, **spec.resolve_hparams({}))
+        opt.step()  # the first step makes the state
+        with _OpCounter() as counter:
+            opt.step()
+    return counter.ops
+
+
+@pytest.mark.parametrize(("name", "max_pieces"), [("microadam", microadam.MAX_PIECES), ("smmf", smmf.MAX_BLOCKS)])
+def test_eager_step_ops_per_tensor_do_not_grow_with_its_size(name, max_pieces):
+    one_piece = eager_step_ops(name, 256, 256)  # 65,536 elements: one piece
+    capped = eager_step_ops(name, 4096, 4096)  # 16.8M elements: already cut into the most pieces
+    # 268M elements, more than any built-in shape's largest tensor (fake tensors: no memory); with pieces of
+    # a fixed size this would be over 1,000 pieces and 100,000s of ops
+    huge = eager_step_ops(name, 16384, 16384)
+    assert huge == capped
+    assert one_piece < capped <= max_pieces * one_piece
+
+
+HUGE_NUMELS = [1, 4095, 99_999, 200_000, 1_600_000, 1_600_001, 2_097_153, 10**8, 13_015_864_321]
+
+
+@pytest.mark.parametrize("numel", HUGE_NUMELS)
+def test_microadam_pieces_are_bounded_in_count_and_in_size(numel):
+    qbs, topk = 100_000, microadam.INT16_BLOCK_LIMIT
+    step = microadam.piece_elements(numel, qbs)
+    assert step % qbs == 0 and step % 2 == 0  # whole quantization blocks, whole bytes of codes
+    assert len(microadam._pieces(numel, qbs, whole=False)) <= microadam.MAX_PIECES
+    # the scratch bound of the docstring: about CHUNK_ELEMENTS, or numel / MAX_PIECES plus two blocks
+    assert step <= max(microadam.CHUNK_ELEMENTS + qbs, numel / microadam.MAX_PIECES + 2 * qbs)
+    full, size, _, _, _ = microadam.topk_layout(numel, topk, 0.01)
+    per_piece = microadam.topk_blocks_per_piece(full, size)
+    assert math.ceil(full / per_piece) <= microadam.MAX_PIECES
+    assert per_piece * size <= max(microadam.CHUNK_ELEMENTS, numel / microadam.MAX_PIECES + size)
+
+
+@pytest.mark.parametrize("numel", HUGE_NUMELS)
+def test_smmf_blocks_are_bounded_in_count_and_in_size(numel):
+    rows, cols = smmf.square_matricize(numel)
+    block = smmf.block_rows(rows, cols)
+    assert block % smmf.SIGN_BITS == 0  # each block's signs are whole int32 words
+    assert math.ceil(rows / block) <= smmf.MAX_BLOCKS
+    assert block * cols <= max(smmf.CHUNK_ELEMENTS, numel / smmf.MAX_BLOCKS) + smmf.SIGN_BITS * cols
+
+
+def _microadam_after_steps(monkeypatch, max_pieces: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    monkeypatch.setattr(microadam, "CHUNK_ELEMENTS", 9)  # pieces of 2 quantization blocks of 5, 1 top-k block
+    monkeypatch.setattr(microadam, "MAX_PIECES", max_pieces)
+    p = nn.Parameter(torch.randn(60, 7, generator=torch.Generator().manual_seed(0)))
+    opt = microadam.MicroAdam([p], lr=1e-2, k_init=0.2, quant_block_size=5, topk_block_size=8, weight_decay=0.1,
+                              alpha=0.2, compile=False)
+    for step in range(4):
+        p.grad = torch.randn(60, 7, generator=torch.Generator().manual_seed(step + 1))
+        opt.step()
+    return p.detach(), opt.state[p]["error_codes"], len(microadam._pieces(p.numel(), 5, whole=False))
+
+
+def test_bounded_pieces_leave_the_microadam_step_unchanged(monkeypatch):
+    capped, capped_codes, few = _microadam_after_steps(monkeypatch, 3)
+    fixed, fixed_codes, many = _microadam_after_steps(monkeypatch, 10**9)  # pieces of CHUNK_ELEMENTS only
+    assert (few, many) == (3, 42)
+    assert torch.allclose(capped, fixed, rtol=1e-6, atol=1e-8)
+    assert torch.equal(capped_codes, fixed_codes)
+
+
+def _smmf_after_steps(monkeypatch, max_blocks: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    monkeypatch.setattr(smmf, "CHUNK_ELEMENTS", 8)  # blocks of 32 rows
+    monkeypatch.setattr(smmf, "MAX_BLOCKS", max_blocks)
+    p = nn.Parameter(torch.randn(300, 40, generator=torch.Generator().manual_seed(0)))  # matricized (120, 100)
+    opt = smmf.SMMF([p], lr=1e-2, weight_decay=0.05, compile=False)
+    for step in range(4):
+        p.grad = torch.randn(300, 40, generator=torch.Generator().manual_seed(step + 1))
+        opt.step()
+    return p.detach(), opt.state[p]["sign"], math.ceil(120 / smmf.block_rows(120, 100))
+
+
+def test_bounded_blocks_leave_the_smmf_step_unchanged(monkeypatch):
+    capped, capped_sign, few = _smmf_after_steps(monkeypatch, 2)
+    fixed, fixed_sign, many = _smmf_after_steps(monkeypatch, 10**9)  # blocks of CHUNK_ELEMENTS only
+    assert (few, many) == (2, 4)
+    assert torch.allclose(capped, fixed, rtol=1e-6, atol=1e-8)
+    assert torch.equal(capped_sign, fixed_sign)
+
+
+def test_a_step_that_only_runs_compiled_falls_back_with_the_reason(digits_workload, monkeypatch):
+    """torchao compiles its step with fullgraph=True; under the tracker torch.compile skips every frame, and the
+    first line of its error ("found no compiled frames. Skipped frames:") does not say why."""
+
+    def compiled_only(*args, **kwargs):
+        raise RuntimeError("torch.compile with fullgraph=True found no compiled frames. Skipped frames:\n"
+                           "  - single_param_adam (adam.py:163): non-infra torch dispatch mode present, this is not "
+                           "supported today in torch.compile")
+
+    monkeypatch.setattr(proj, "measure_optimizer_steps", compiled_only)
+    row = proj.project_optimizer(digits_workload, "adamw")
+    assert row.method == "state: formula; peak: estimate"
+    assert row.note == ("did not run on fake tensors: its step runs through torch.compile, which does not trace "
+                        "under the memory tracker's dispatch mode")
