@@ -47,8 +47,11 @@ def _grid(tmp_path: Path, optimizers=("adamw",), seeds=(0,), **kwargs):
 # the typed record
 
 
+COMMITTED_RUNS = (Path("results/runs"), Path("results/sweeps/runs"))  # the board's and the sweeps' records
+
+
 def test_every_committed_record_is_a_valid_typed_record_and_round_trips():
-    files = sorted(Path("results/runs").rglob("*.json"))
+    files = sorted(path for folder in COMMITTED_RUNS for path in folder.rglob("*.json"))
     assert len(files) >= 100
     for path in files:
         data = json.loads(path.read_text())
@@ -262,7 +265,7 @@ def test_the_run_key_and_record_follow_the_rules_file(tmp_path, monkeypatch):
 
 def test_runs_without_input_files_keep_their_keys():
     # the committed records of every optimizer without input files are still found under their keys
-    path = sorted(Path("results/runs/cpu/digits-mlp").glob("adamw__s0__*.json"))[0]
+    path = sorted(path for folder in COMMITTED_RUNS for path in folder.glob("cpu/digits-mlp/adamw__s*.json"))[0]
     record = json.loads(path.read_text())
     from optbench.records import RunKey
 
