@@ -259,6 +259,12 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
 # 1: Ctrl-C in the middle of a check loses no record
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action. A shell that starts the suite in the background (``cmd &``)
+    ignores SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_a_check_keeps_every_record(tmp_path):
     """Baseline and candidate runs are stored; a check reruns the candidate; SIGINT once it has rewritten one.
 
@@ -279,7 +285,7 @@ def test_sigint_during_a_check_keeps_every_record(tmp_path):
     time.sleep(1.1)  # mtimes of records rewritten from now on are later than every stored one
     proc = subprocess.Popen([sys.executable, "-m", "optbench", "check", "--candidate", "sgd", "--seeds", "0,1,2,3,4",
                              "--runs-dir", str(runs), *SMOKE], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if any(p.stat().st_mtime > started + 1 for p in before):
