@@ -15,6 +15,10 @@ Verdict margin (``margin=0.02``, fixed before any board result): 2% of AdamW's h
 the widest the protocol allows: the budget stops while the loss still falls steeply, so the
 seed-to-seed spread of a single optimizer is several percent; a narrower margin would make
 "equivalent" unreachable with 5 seeds.
+Gradient clipping (``grad_clip=1.0``, every preset): global-norm clipping at 1, as recurrent
+language models are trained in practice (an LSTM's gradients can explode through time), applied
+to every optimizer alike by the training step; the same rule as topics-gpt, where without it
+AdamW's loss spiked at every lr above its best.
 """
 
 from __future__ import annotations
@@ -72,9 +76,9 @@ SPEC = register_task(
         description="byte-level 1-layer LSTM (256 hidden, ctx 64) on CPython's pydoc topics text, held-out bits/byte",
         metric=Metric("bits_per_byte", higher_is_better=False),
         budgets={
-            "smoke": Budget(steps=6, batch_size=4, eval_every=3, target=7.5, log_every=1),
-            "cpu": Budget(steps=150, batch_size=16, eval_every=50, target=3.0, log_every=5),
-            "gpu": Budget(steps=150, batch_size=16, eval_every=50, target=3.0, log_every=5),
+            "smoke": Budget(steps=6, batch_size=4, eval_every=3, target=7.5, log_every=1, grad_clip=1.0),
+            "cpu": Budget(steps=150, batch_size=16, eval_every=50, target=3.0, log_every=5, grad_clip=1.0),
+            "gpu": Budget(steps=150, batch_size=16, eval_every=50, target=3.0, log_every=5, grad_clip=1.0),
         },
         setup=setup,
         margin=0.02,
