@@ -340,7 +340,7 @@ def _record(run: ResolvedRun, started: float, *, trained: _Trained | None = None
         status=status, error=error, diverged_at_step=diverged,
         env=Env.from_json(environment(torch.device(run.device)), "env"),
         budget=BudgetInfo(budget.steps, budget.batch_size, tokens_per_step,
-                          extra={"schedule": budget.schedule.describe(budget.steps)}),
+                          extra={"schedule": budget.schedule.describe(budget.steps), "grad_clip": budget.grad_clip}),
         metrics=Metrics(
             metric_name=metric.name,
             final_metric=float(final.metric) if final is not None and diverged is None else None,

@@ -89,6 +89,25 @@ class Scan:
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def budget_difference(record: Mapping[str, Any], task: str, preset: str) -> str | None:
+    """How the budget a stored record trained differs from the task's budget now; None when it does not.
+
+    A run key names the task, optimizer, hyperparameters, seed, preset, device and input files,
+    not the budget: a task whose steps, batch, clipping or schedule changed would otherwise have
+    its old runs reused as if they were new. A task that is not registered here is not checked."""
+    from optbench import registry
+
+    try:
+        budget = registry.get_task(task).budget(preset)
+    except ValueError:
+        return None
+    stored = record.get("budget") or {}
+    now = {"steps": budget.steps, "batch_size": budget.batch_size, "grad_clip": budget.grad_clip,
+           "schedule": budget.schedule.describe(budget.steps)}
+    diff = [f"{name} {stored.get(name)!r}, now {value!r}" for name, value in now.items() if stored.get(name) != value]
+    return "; ".join(diff) or None
+
+
 def hardware_difference(stored: Mapping[str, Any], here: Mapping[str, Any]) -> str | None:
     """Which hardware fields (``env.HARDWARE_FIELDS``) differ between two environments; None when none do."""
     from optbench.env import HARDWARE_FIELDS, hardware_key
@@ -170,6 +189,10 @@ class RunStore:
             return Decision(key, path, "run", f"corrupt file set aside as {aside}", set_aside=aside)
         if fresh:
             return Decision(key, path, "run", "stored run is replaced when the new run finishes")
+        changed = budget_difference(record, key.task, key.preset)
+        if changed is not None:
+            return Decision(key, path, "run", f"stored run trained another budget ({changed}): rerun, the old "
+                            "record kept as *.json.stale when the new run finishes", aside_on_write="stale")
         if record["status"] == "error" and not policy.errors:
             return Decision(key, path, "run", "stored run errored; run again")
         if policy.hardware is not None:

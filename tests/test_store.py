@@ -324,3 +324,20 @@ def test_sweep_writes_the_table_under_the_lock(tmp_path):
     path.write_text(json.dumps({"cpu": {"other-task": {"sgd": 0.1}}}))
     update_table({"adamw": SweepResult("adamw", 1e-3, (0,), [], 3e-3)}, "digits-mlp", "cpu", path)
     assert json.loads(path.read_text()) == {"cpu": {"digits-mlp": {"adamw": 3e-3}, "other-task": {"sgd": 0.1}}}
+
+
+def test_a_stored_run_of_another_budget_is_rerun_and_kept_aside(tmp_path):
+    # the run key does not name the budget: a task whose budget changed must not reuse its old runs
+    first = _grid(tmp_path)
+    assert first.ran == 1 and first.records[0]["budget"]["grad_clip"] is None
+    path = next(tmp_path.rglob("*.json"))
+    stored = json.loads(path.read_text())
+    stored["budget"]["steps"] += 1  # as if trained under an older budget of the task
+    path.write_text(json.dumps(stored))
+    messages = []
+    again = _grid(tmp_path, log=messages.append)
+    assert again.ran == 1 and again.reused == 0
+    assert list(tmp_path.rglob("*.json.stale")) and json.loads(path.read_text())["budget"]["steps"] == stored[
+        "budget"]["steps"] - 1
+    third = _grid(tmp_path)  # the rerun matches the budget: reused from now on
+    assert third.reused == 1 and third.ran == 0
