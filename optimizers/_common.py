@@ -221,6 +221,24 @@ class StepPlan:
     key: list = field(default_factory=list)
 
 
+class PlannedStep:
+    """Mixin of our own optimizers (before ``torch.optim.Optimizer`` in the bases): ``step()`` runs the
+    closure, then :func:`planned_step` with the four pieces ``_step_pieces()`` names (describe, per-step
+    numbers, compiled and eager step functions)."""
+
+    def _step_pieces(self) -> tuple[Callable, Callable, Callable, Callable]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        planned_step(self, *self._step_pieces())  # type: ignore[arg-type]
+        return loss
+
+
 def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Tensor, dict, dict], Prepared],
                  scalars_of: Callable[[int, dict], tuple], compiled_fn: Callable, eager_fn: Callable) -> None:
     """One step of an own optimizer: count, plan (see ``StepPlan``), then ``run_step``.

@@ -54,6 +54,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from optbench.optimizers._common import (
+    PlannedStep,
     Prepared,
     bias_correction,
     check_betas,
@@ -62,7 +63,6 @@ from optbench.optimizers._common import (
     check_positive_int,
     decay_factor,
     initial_impl,
-    planned_step,
     trainable,
     work_view,
 )
@@ -344,7 +344,7 @@ def _every_tensor(params, grads, states, layout, slots, whole: bool) -> None:
 # ----------------------------------------------------------------------------- the optimizer
 
 
-class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
+class MicroAdam(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
     """MicroAdam (Modoranu et al., NeurIPS 2024) in PyTorch; see the module docstring.
 
     ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
@@ -373,14 +373,8 @@ class MicroAdam(KeepStateDtypes, torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.optbench_impl = initial_impl(compile)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        planned_step(self, _describe, _step_scalars, microadam_step, microadam_step_eager)
-        return loss
+    def _step_pieces(self):
+        return _describe, _step_scalars, microadam_step, microadam_step_eager
 
 
 def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:

@@ -34,12 +34,13 @@ baseline compare optimizers, not recipes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from optbench.optimizers._common import (
+    PlannedStep,
     Prepared,
     bias_correction,
     check_betas,
@@ -49,7 +50,6 @@ from optbench.optimizers._common import (
     decay_factor,
     ema_,
     initial_impl,
-    planned_step,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from torch import nn
@@ -156,7 +156,7 @@ def mean_square(grad: torch.Tensor, axes: Axes) -> torch.Tensor:
     return sq.mean(dim=axes, keepdim=True)
 
 
-class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
+class SlimAdamW(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
     """SlimAdamW; every param group carries ``compress_axes``, one entry per parameter (None = full).
 
     ``params`` is a list of tensors with ``axes`` aligned to it (one group), or param groups
@@ -190,14 +190,8 @@ class SlimAdamW(KeepStateDtypes, torch.optim.Optimizer):
         super().__init__(groups, defaults)
         self.optbench_impl = initial_impl(compile)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        planned_step(self, _describe, _step_scalars, slimadam_step, slimadam_step_foreach)
-        return loss
+    def _step_pieces(self):
+        return _describe, _step_scalars, slimadam_step, slimadam_step_foreach
 
 
 def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:

@@ -48,6 +48,7 @@ from functools import lru_cache
 
 import torch
 from optbench.optimizers._common import (
+    PlannedStep,
     Prepared,
     check_lr,
     check_nonnegative,
@@ -55,7 +56,6 @@ from optbench.optimizers._common import (
     decay_factor,
     ema_,
     initial_impl,
-    planned_step,
     trainable,
     work_view,
 )
@@ -279,7 +279,7 @@ def _factored_in_blocks(param: torch.Tensor, grad: torch.Tensor, state: tuple[to
 # ----------------------------------------------------------------------------- the optimizer
 
 
-class SMMF(KeepStateDtypes, torch.optim.Optimizer):
+class SMMF(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
     """SMMF (Park et al., AAAI 2025). ``decay_rate`` −0.5 suits CNNs, −0.8 Transformers (the authors).
 
     ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
@@ -305,14 +305,8 @@ class SMMF(KeepStateDtypes, torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.optbench_impl = initial_impl(compile)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        planned_step(self, _describe, _step_scalars, smmf_step, smmf_step_eager)
-        return loss
+    def _step_pieces(self):
+        return _describe, _step_scalars, smmf_step, smmf_step_eager
 
 
 def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
