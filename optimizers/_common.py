@@ -231,12 +231,17 @@ class PlannedStep:
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         planned_step(self, *self._step_pieces())  # type: ignore[arg-type]
         return loss
+
+
+def closure_loss(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """The loss of ``step(closure)``'s closure, evaluated with gradients on (a step runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Tensor, dict, dict], Prepared],

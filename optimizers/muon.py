@@ -40,6 +40,7 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     check_positive_int,
+    closure_loss,
 )
 from optbench.optimizers._lowrank import PROJECTED_ROLES
 from torch import nn
@@ -115,10 +116,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for part in self._parts:
             algorithm = "muon" if isinstance(part, torch.optim.Muon) else "adamw"
             part.param_groups = [g for g in self.param_groups if g["algorithm"] == algorithm]
