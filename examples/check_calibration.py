@@ -9,7 +9,8 @@ to every 3-seed subset and prints the fail rate, the range of shortfalls, of δ 
 Variants: an equivalent implementation (torch's for-loop AdamW), a hand-written AdamW
 (examples/adamw_variant.py), a flipped update sign, lr x1000 (far too large) and lr /3 (a real
 but modest regression), and SGD. The baseline runs at the task's default lr, which is small for
-the 30-step smoke budget: there lr x100 trains faster than the baseline, so it is no regression. Runs are single-threaded so that repeated runs are identical.
+the 30-step smoke budget: there lr x100 trains faster than the baseline, so it is no regression.
+Runs are single-threaded so that repeated runs are identical.
 """
 
 from __future__ import annotations
