@@ -170,6 +170,22 @@ def test_rules_json_round_trip_into_slimadam(smoke_outputs):
     assert kept == snr.memory_saving(params, rules)["v_entries_kept"]
 
 
+def test_default_trace_cadence_gives_a_short_proxy_about_ten_points():
+    from optbench.commands.snr import default_every
+
+    assert [default_every(n) for n in (5, 20, 100, 600)] == [1, 2, 10, 10]
+
+
+def test_cli_snr_without_every_traces_a_short_proxy_densely(tmp_path):
+    threads = torch.get_num_threads()
+    code = main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "6", "--threads", "1",
+                 "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    assert code == 0
+    assert {r["step"] for r in snr.read_trace_rows(tmp_path / "trace.csv")} == {1, 2, 3, 4, 5, 6}
+    assert "--every 1" in json.loads((tmp_path / "rules.json").read_text())["_command"]
+
+
 def test_cli_snr_rejects_bad_criterion_and_preset(tmp_path, capsys):
     assert main(["snr", "--task", "digits-mlp", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert "known: smoke, cpu, gpu" in capsys.readouterr().err

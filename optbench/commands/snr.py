@@ -21,7 +21,7 @@ HELP = "SNR analysis of Adam's second moment (a proxy run, or a recorded trace);
 
 # Options of the proxy run, and their defaults (None in the parser, so that giving one with
 # --from-trace, where it means nothing, is caught).
-PROXY_DEFAULTS = {"lr_scale": 0.1, "lr": None, "every": 10, "steps": None, "seed": 0, "device": "cpu",
+PROXY_DEFAULTS = {"lr_scale": 0.1, "lr": None, "every": None, "steps": None, "seed": 0, "device": "cpu",
                   "threads": None}
 
 
@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="proxy lr = this x the task's Adam lr (default 0.1)")
     parser.add_argument("--lr", type=float, default=None, help="proxy lr, overriding --lr-scale")
     parser.add_argument("--alpha", type=float, default=1.0, help="threshold: compress when SNR > alpha (default 1)")
-    parser.add_argument("--every", type=int, default=None, help="record at step 1 and every this many steps (10)")
+    parser.add_argument("--every", type=int, default=None,
+                        help="record at step 1 and every this many steps (default: 10, or a tenth of the "
+                             "proxy's steps when that is fewer, so a trace has about 10 points or more)")
     parser.add_argument("--steps", type=int, default=None, help="proxy steps (default: the preset's budget)")
     parser.add_argument("--criterion", default="snr",  # checked in run (snr.criterion): no torch at parse time
                         help="snr (default), variance or relerr; see optbench/snr.py for the thresholds")
@@ -77,6 +79,11 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def default_every(steps: int) -> int:
+    """The trace cadence when --every is not given: every 10 steps, or every tenth of a shorter run."""
+    return max(1, min(10, steps // 10))
+
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -104,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
         for key, default in PROXY_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, default)
+    task = get_task(args.task) if args.task is not None else None
+    if args.from_trace is None:
+        if args.every is None:
+            args.every = default_every(args.steps if args.steps is not None else task.budget(args.preset).steps)
         if args.every < 1:
             raise UsageError(f"--every must be >= 1, got {args.every}")
-    task = get_task(args.task) if args.task is not None else None
     out = args.out or f"results/snr/{task.name if task else Path(args.from_trace).stem}"
     writable_dir(out, "--out")  # before the proxy run trains
     if args.rules_out is not None:
