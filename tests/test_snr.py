@@ -171,9 +171,7 @@ def test_rules_json_round_trip_into_slimadam(smoke_outputs):
 
 
 def test_default_trace_cadence_gives_a_short_proxy_about_ten_points():
-    from optbench.commands.snr import default_every
-
-    assert [default_every(n) for n in (5, 20, 100, 600)] == [1, 2, 10, 10]
+    assert [snr.default_every(n) for n in (5, 20, 100, 600)] == [1, 2, 10, 10]
 
 
 def test_cli_snr_without_every_traces_a_short_proxy_densely(tmp_path):

@@ -79,11 +79,6 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def default_every(steps: int) -> int:
-    """The trace cadence when --every is not given: every 10 steps, or every tenth of a shorter run."""
-    return max(1, min(10, steps // 10))
-
-
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -114,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task) if args.task is not None else None
     if args.from_trace is None:
         if args.every is None:
-            args.every = default_every(args.steps if args.steps is not None else task.budget(args.preset).steps)
+            args.every = snr.default_every(args.steps if args.steps is not None else task.budget(args.preset).steps)
         if args.every < 1:
             raise UsageError(f"--every must be >= 1, got {args.every}")
     out = args.out or f"results/snr/{task.name if task else Path(args.from_trace).stem}"

@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seeds every arm trains at (default {_join(SEEDS)}; at least 2: the verdict is paired)")
     parser.add_argument("--proxy-seed", type=int, default=0, help="seed of the proxy runs (default 0)")
     parser.add_argument("--proxy-steps", type=int, default=None, help="proxy run steps (default: the budget's)")
-    parser.add_argument("--every", type=int, default=10, help="record V at step 1 and every this many steps")
+    parser.add_argument("--every", type=int, default=None,
+                        help="record V at step 1 and every this many steps (default: 10, or a tenth of a "
+                             "shorter proxy's steps)")
     parser.add_argument("--alphas", type=float_list, default=list(ALPHAS), help=f"alpha grid ({_join(ALPHAS)})")
     parser.add_argument("--criterion-alphas", type=float_list, default=list(CRITERION_ALPHAS),
                         help=f"alpha grid of the criterion study ({_join(CRITERION_ALPHAS)}; wide: the variance "
@@ -81,7 +83,7 @@ def command_of(args: argparse.Namespace) -> str:
     if args.tasks:
         parts += ["--tasks", ",".join(args.tasks)]
     optional = {"--proxy-seed": (args.proxy_seed, 0), "--proxy-steps": (args.proxy_steps, None),
-                "--every": (args.every, 10), "--alphas": (args.alphas, list(ALPHAS)),
+                "--every": (args.every, None), "--alphas": (args.alphas, list(ALPHAS)),
                 "--criterion-alphas": (args.criterion_alphas, list(CRITERION_ALPHAS)),
                 "--lr-scales": (args.lr_scales, list(LR_SCALES)), "--eos-cap": (args.eos_cap, EOS_CAP),
                 "--threads": (args.threads, 1), "--out": (args.out, "results/snr"), "--runs-dir": (args.runs_dir, None)}
