@@ -403,12 +403,12 @@ def recorded_steps(steps: int, every: int) -> list[int]:
     return [s for s in out if 1 <= s <= steps]
 
 
-def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float | None = None, every: int = 10,
+def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float | None = None, every: int | None = None,
               steps: int | None = None, seed: int = 0, device: str = "cpu",
               model_fn: Callable[[], nn.Module] | None = None,
               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> ProxyTrace:
     """Train ``task`` with Adam at ``lr`` (default ``lr_scale`` x the task's Adam lr) and record the
-    second-moment statistics at step 1 and every ``every`` steps.
+    second-moment statistics at step 1 and every ``every`` steps (default: ``default_every`` of the steps).
 
     ``model_fn`` replaces the task's model by another one carrying model metadata (a narrower or
     shallower proxy); the task's data, loss and budget are kept. Each step is ``proxy_step``: the
@@ -418,6 +418,7 @@ def proxy_run(task: TaskSpec, preset: str, *, lr_scale: float = 0.1, lr: float |
     steps = budget.steps if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    every = default_every(steps) if every is None else every
     lr = proxy_lr(task, lr_scale) if lr is None else float(lr)
     inst = task.instantiate(preset, seed, device)
     model = inst.model

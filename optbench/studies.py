@@ -162,7 +162,7 @@ class Context:
     runs_dir: Path
     proxy_seed: int = 0
     proxy_steps: int | None = None
-    every: int | None = None  # None: snr.default_every of the proxy's steps
+    every: int | None = None  # None: snr.proxy_run's default for the proxy's steps
     alphas: tuple[float, ...] = ALPHAS
     criterion_alphas: tuple[float, ...] = CRITERION_ALPHAS
     lr_scales: tuple[float, ...] = LR_SCALES
@@ -202,8 +202,7 @@ class Context:
             model_fn = None if proxy.variant == "full" else narrow_model(proxy.task)
             self.log(f"  proxy {proxy.task} ({proxy.variant}, lr x{proxy.lr_scale:g} = {lr:.3g}, {steps} steps)")
             try:
-                every = self.every or snr.default_every(steps)
-                self.traces[proxy] = snr.proxy_run(spec, self.preset, lr=lr, every=every, steps=steps,
+                self.traces[proxy] = snr.proxy_run(spec, self.preset, lr=lr, every=self.every, steps=steps,
                                                    seed=self.proxy_seed, device=self.device, model_fn=model_fn)
             except snr.ProxyDiverged as exc:
                 self.log(f"    diverged at step {exc.step}")

@@ -174,6 +174,13 @@ def test_default_trace_cadence_gives_a_short_proxy_about_ten_points():
     assert [snr.default_every(n) for n in (5, 20, 100, 600)] == [1, 2, 10, 10]
 
 
+def test_proxy_run_without_every_traces_a_short_proxy_at_every_step():
+    from optbench.registry import get_task
+
+    trace = snr.proxy_run(get_task("digits-mlp"), "smoke", steps=4)
+    assert trace.every == 1 and {r["step"] for r in trace.rows} == {1, 2, 3, 4}
+
+
 def test_cli_snr_without_every_traces_a_short_proxy_densely(tmp_path):
     threads = torch.get_num_threads()
     code = main(["snr", "--task", "digits-mlp", "--preset", "smoke", "--steps", "6", "--threads", "1",

@@ -102,13 +102,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --task T (train a proxy on task T) or --from-trace FILE (read a recorded trace)")
     args.preset = args.preset or "cpu"
     check_preset(args.preset)
+    task = get_task(args.task) if args.task is not None else None
     if args.from_trace is None:
         for key, default in PROXY_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, default)
-    task = get_task(args.task) if args.task is not None else None
-    if args.from_trace is None:
-        if args.every is None:
+        if args.every is None:  # resolved here, so the rules' _command names the cadence that ran
             args.every = snr.default_every(args.steps if args.steps is not None else task.budget(args.preset).steps)
         if args.every < 1:
             raise UsageError(f"--every must be >= 1, got {args.every}")
