@@ -35,10 +35,13 @@ min/max, K the sum of k over its blocks (4N instead of the last two without quan
 The step is one function over every tensor, which ``torch.compile`` can fuse (``optbench.optimizers._common``;
 the class compiles by default, the registered optimizer does not (``compile`` hyperparameter,
 False): on a 2-core CPU compiling costs minutes per model, more than a board run).
-Its one dense float32 temporary is ``a``; the window's moments are gathered on its support
-(about m·k_init·N entries) through that same buffer, never into dense m and v. The eager path
-works on pieces (``piece_elements``), so that its other scratch stays below what the window's
-moments take and its op count per tensor stays bounded.
+The window's moments are gathered on its support (about m·k_init·N entries), never into dense m
+and v. The compiled step holds one dense float32 temporary, ``a``, and gathers the moments
+through it. The eager step holds none: it computes ``a`` a piece at a time, twice (to choose the
+top-k, then to write the residual; the error's quantization blocks and the top-k blocks do not
+line up, so one pass cannot do both), and gathers the moments a piece of top-k blocks at a time
+(``window_pieces``) through a piece-sized buffer. Its pieces (``piece_elements``,
+``topk_blocks_per_piece``) bound both its scratch and its op count per tensor.
 
 ``impl="official"`` hands the parameters to ``ista_daslab_optimizers.MicroAdam``, which needs
 CUDA and bfloat16 parameters (its kernels assert bf16 gradients); both are checked before it
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from optbench.optimizers._common import (
@@ -189,6 +192,18 @@ class ErrorFeedback:
         maxs[blocks].copy_(block_max)
 
 
+def read_error_range(error: Sequence[torch.Tensor], lo: int, hi: int, numel: int, block_size: int) -> torch.Tensor:
+    """The error of elements ``lo:hi`` (of ``numel``) as float32, for any range: the quantization
+    blocks covering it are decoded (from an even element, so that no byte of codes is split) and sliced."""
+    if len(error) == 1:
+        return error[0][lo:hi]
+    start = lo - lo % block_size
+    if start % 2:  # an odd block size: one block earlier starts on an even element
+        start -= block_size
+    end = min(numel, -(-hi // block_size) * block_size)
+    return ErrorFeedback.read(error, start, end, block_size)[lo - start:hi - start]
+
+
 def piece_elements(numel: int, block_size: int) -> int:
     """Elements per piece of the eager step for a tensor of ``numel`` elements: a pure function of
     the tensor's size, so the step and its projection on fake tensors cut a tensor alike.
@@ -197,11 +212,10 @@ def piece_elements(numel: int, block_size: int) -> int:
     pieces), about ``CHUNK_ELEMENTS``, and at least ``numel / MAX_PIECES``: never more than
     ``MAX_PIECES`` pieces, so the step's op count per tensor does not grow with its size (a
     projection on fake tensors pays a dispatch for every op). A piece holds at most
-    max(CHUNK_ELEMENTS, numel / MAX_PIECES) + 2 blocks, and the scratch of a piece is 12 bytes per
-    element (while the error is read and written): at most 1.5 bytes per parameter plus 5 MiB,
-    besides the 4 bytes per parameter of the buffer ``a``. That stays under what the window's moments
-    take on the support (about 2.5 bytes per parameter at the defaults), so the pieces do not raise
-    the step's peak.
+    max(CHUNK_ELEMENTS, numel / MAX_PIECES) + 2 blocks, and the scratch of a piece is about 20
+    bytes per element (the residual, the decoded error and the codes while it is written): at
+    most 2.5 bytes per parameter plus 5 MiB: under one parameter-sized float32 temporary on large
+    tensors, while on small ones the 5 MiB floor dominates.
     """
     blocks = max(1, CHUNK_ELEMENTS // block_size, -(-numel // (MAX_PIECES * block_size)))
     step = blocks * block_size
@@ -245,32 +259,37 @@ def ring_slot(slot: float, window: int, device: torch.device) -> torch.Tensor:
     return (slots * (slots == slot)).sum().view(1)
 
 
-def select_top_k(a: torch.Tensor, layout: tuple[int, int, int, int, int], whole: bool) -> torch.Tensor:
-    """Global indices (K,) of the k largest |a| in every top-k block of the flat ``a``."""
+def select_top_k(read: Callable[[int, int], torch.Tensor], layout: tuple[int, int, int, int, int],
+                 whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global indices (K,) of the k largest |a| in every top-k block of the flat ``a``, and those entries.
+
+    ``read(lo, hi)`` gives ``a[lo:hi]`` as float32, a piece of top-k blocks at a time (all of them
+    when ``whole``): the eager step computes each piece from the gradient and the error there,
+    without a dense ``a``.
+    """
     full, size, k, rest, k_rest = layout
-    picked = []
+    picked, entries = [], []
     per_piece = full if whole else topk_blocks_per_piece(full, size)
-    for first in range(0, full, per_piece):
-        last = min(full, first + per_piece)
-        blocks = a[first * size:last * size].view(last - first, size)
+    spans = [(first, min(full, first + per_piece)) for first in range(0, full, per_piece)]
+    for first, last in spans:
+        blocks = read(first * size, last * size).view(last - first, size)
         local = blocks.abs().topk(k, dim=1, sorted=False).indices
-        offsets = torch.arange(first, last, device=a.device).mul_(size).unsqueeze(1)
+        entries.append(blocks.gather(1, local).view(-1))
+        offsets = torch.arange(first, last, device=local.device).mul_(size).unsqueeze(1)
         picked.append((local + offsets).view(-1))
     if rest:
-        picked.append(a[full * size:].abs().topk(k_rest, sorted=False).indices + full * size)
-    return torch.cat(picked) if len(picked) > 1 else picked[0]
+        tail = read(full * size, full * size + rest)
+        local = tail.abs().topk(k_rest, sorted=False).indices
+        entries.append(tail[local])
+        picked.append(local + full * size)
+    if len(picked) == 1:
+        return picked[0], entries[0]
+    return torch.cat(picked), torch.cat(entries)
 
 
 def local_indices(global_idx: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
     """Indices within their top-k block, in the window's index dtype."""
     return torch.remainder(global_idx, size).to(dtype)
-
-
-def global_indices(local: torch.Tensor, layout: tuple[int, int, int, int, int]) -> torch.Tensor:
-    """(..., K) indices within blocks -> flat indices into the tensor."""
-    full, size, k, _, _ = layout
-    block = torch.arange(local.shape[-1], device=local.device).div_(k, rounding_mode="floor").clamp_(max=full)
-    return local.long() + block * size
 
 
 def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
@@ -280,30 +299,26 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
     step, slot, b1, b2, log_b1, log_b2, bc1, bc2, eps, decay, lr, alpha = scalars
     n = p.numel()
     pieces = _pieces(n, qbs, whole)
-    # a = g + e: the step's one dense float32 buffer.
-    if whole:
+    if whole:  # a = g + e: the compiled step's one dense float32 buffer
         a = g.float() + ErrorFeedback.read(error, 0, n, qbs)
-    else:
-        a = torch.empty(n, dtype=torch.float32, device=p.device)
-        for lo, hi in pieces:
-            torch.add(g[lo:hi], ErrorFeedback.read(error, lo, hi, qbs), out=a[lo:hi])
-    chosen = select_top_k(a, topk, whole)
+        chosen, entries = select_top_k(lambda lo, hi: a[lo:hi], topk, whole)
+    else:  # a piece of a at a time, twice: to choose the top-k, then to write the residual
+        chosen, entries = select_top_k(lambda lo, hi: g[lo:hi].float() + read_error_range(error, lo, hi, n, qbs),
+                                       topk, whole)
     ring = ring_slot(slot, window, p.device)
     indices.index_copy_(0, ring, local_indices(chosen, topk[1], indices.dtype).unsqueeze(0))
-    values.index_copy_(0, ring, a.index_select(0, chosen).to(values.dtype).unsqueeze(0))
-    a.index_fill_(0, chosen, 0.0)  # the residual, which becomes the next error
-    for lo, hi in pieces:
-        ErrorFeedback.write(error, a[lo:hi], lo, hi, qbs)
-
-    # The window's moments on its support, through the same buffer (zeroed there first).
-    support = global_indices(indices, topk).view(-1)
-    window_values = values.float()
-    w1 = window_weights(step, window, b1, log_b1, p.device).unsqueeze(1)
-    w2 = window_weights(step, window, b2, log_b2, p.device).unsqueeze(1)
-    first = _sum_on_support(a, support, window_values * w1)
-    second = _sum_on_support(a, support, window_values.square_() * w2)
-    update = first.div_(bc1).div_(second.div_(bc2).sqrt_().add_(eps))
-    del a
+    values.index_copy_(0, ring, entries.to(values.dtype).unsqueeze(0))
+    if whole:
+        a.index_fill_(0, chosen, 0.0)  # the residual, which becomes the next error
+        ErrorFeedback.write(error, a, 0, n, qbs)
+    else:
+        for lo, hi in pieces:  # the same residual, piece by piece: g + e there, the chosen entries zeroed
+            residual = torch.empty(hi - lo + 1, dtype=torch.float32, device=p.device)
+            torch.add(g[lo:hi], ErrorFeedback.read(error, lo, hi, qbs), out=residual[:-1])
+            inside = (chosen >= lo) & (chosen < hi)  # the others go to the spare last element
+            residual.index_fill_(0, torch.where(inside, chosen - lo, hi - lo), 0.0)
+            ErrorFeedback.write(error, residual[:-1], lo, hi, qbs)
+            del residual
 
     p.mul_(decay)
     if dense_share:  # alpha > 0, the official pre-training option: a share of the error joins the update
@@ -311,8 +326,49 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
             e = ErrorFeedback.read(error, lo, hi, qbs)
             p[lo:hi].sub_(e * (lr * alpha))
             ErrorFeedback.write(error, e.mul_(1 - alpha), lo, hi, qbs)
-    # Repeated indices (one per slot that chose the entry) carry equal values, so their order is moot.
-    p.index_copy_(0, support, p.index_select(0, support).sub_(update.mul_(lr)))
+
+    # The window's moments on its support, a piece of top-k blocks at a time (all of them at once
+    # when ``whole``, through ``a``): each piece's entries index only its own blocks, so a buffer of
+    # the piece's size (zeroed at the support only) takes its scatter-adds.
+    w1 = window_weights(step, window, b1, log_b1, p.device).unsqueeze(1)
+    w2 = window_weights(step, window, b2, log_b2, p.device).unsqueeze(1)
+    for col_lo, col_hi, lo, hi in window_pieces(topk, whole):
+        support = piece_support(indices[:, col_lo:col_hi], col_lo, topk, lo)
+        buffer = a if whole else torch.empty(hi - lo, dtype=torch.float32, device=p.device)
+        window_values = values[:, col_lo:col_hi].float()
+        first = _sum_on_support(buffer, support, window_values * w1)
+        second = _sum_on_support(buffer, support, window_values.square_() * w2)
+        update = first.div_(bc1).div_(second.div_(bc2).sqrt_().add_(eps))
+        # Repeated indices (one per slot that chose the entry) carry equal values, so their order is moot.
+        piece = p[lo:hi]
+        piece.index_copy_(0, support, piece.index_select(0, support).sub_(update.mul_(lr)))
+
+
+def window_pieces(layout: tuple[int, int, int, int, int], whole: bool) -> list[tuple[int, int, int, int]]:
+    """(first window column, end column, first element, end element) of each piece of top-k blocks.
+
+    The pieces follow ``select_top_k``'s (``topk_blocks_per_piece``), with the shorter last block
+    a piece of its own; ``whole``: one piece, every column and element. Sums on the support add
+    each index's slots in slot order either way, so the pieces change no result.
+    """
+    full, size, k, rest, k_rest = layout
+    if whole:
+        return [(0, full * k + k_rest, 0, full * size + rest)]
+    per_piece = topk_blocks_per_piece(full, size)
+    out = [(first * k, min(full, first + per_piece) * k, first * size, min(full, first + per_piece) * size)
+           for first in range(0, full, per_piece)]
+    if rest:
+        out.append((full * k, full * k + k_rest, full * size, full * size + rest))
+    return out
+
+
+def piece_support(local: torch.Tensor, col_lo: int, layout: tuple[int, int, int, int, int], lo: int) -> torch.Tensor:
+    """The (m, c) window indices of columns ``col_lo``.. as flat positions within the piece that starts
+    at element ``lo``: each entry's index within its block plus where its block starts."""
+    full, size, k, _, _ = layout
+    column = torch.arange(col_lo, col_lo + local.shape[-1], device=local.device)
+    block = column.div_(k, rounding_mode="floor").clamp_(max=full)
+    return (local.long() + block * size - lo).view(-1)
 
 
 def _sum_on_support(buffer: torch.Tensor, support: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
