@@ -165,6 +165,20 @@ def test_pieces_equal_the_whole_tensor(monkeypatch) -> None:
         assert torch.equal(opt.state[p]["error_codes"], whole.state[q]["error_codes"])
 
 
+def test_eager_step_holds_less_than_one_float32_copy_of_a_tensor(monkeypatch) -> None:
+    """Issue 13's limit: the eager step's scratch stays under one parameter-sized float32 temporary
+    (a dense ``a = g + e`` alone would reach it), on a tensor cut into several pieces."""
+    from optbench.memory import measure_optimizer_steps
+
+    monkeypatch.setattr(microadam, "CHUNK_ELEMENTS", 1 << 12)
+    torch.manual_seed(0)
+    model = nn.Linear(256, 256, bias=False)  # 65536 elements: 16 top-k blocks, 66 quantization blocks
+    opt = MicroAdam(model.parameters(), lr=1e-3, topk_block_size=4096, quant_block_size=1000, compile=False)
+    model.weight.grad = torch.randn_like(model.weight)
+    report = measure_optimizer_steps(model, opt, steps=2)
+    assert 0 < report.raw_by_category["optimizer_scratch"] < 4 * model.weight.numel()
+
+
 def test_error_feedback_is_quantized_and_bounded() -> None:
     p = nn.Parameter(torch.zeros(40))
     opt = MicroAdam([p], lr=1e-3, m=2, k_init=0.1, quant_block_size=16)
