@@ -259,6 +259,13 @@ def ring_slot(slot: float, window: int, device: torch.device) -> torch.Tensor:
     return (slots * (slots == slot)).sum().view(1)
 
 
+def block_spans(full: int, size: int, whole: bool) -> list[tuple[int, int]]:
+    """(first, end) of each piece of the ``full`` top-k blocks of ``size``: one piece when ``whole``,
+    else ``topk_blocks_per_piece`` blocks a piece. The selection and the window's gathers share it."""
+    per_piece = full if whole else topk_blocks_per_piece(full, size)
+    return [(first, min(full, first + per_piece)) for first in range(0, full, per_piece)]
+
+
 def select_top_k(read: Callable[[int, int], torch.Tensor], layout: tuple[int, int, int, int, int],
                  whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Global indices (K,) of the k largest |a| in every top-k block of the flat ``a``, and those entries.
@@ -269,9 +276,7 @@ def select_top_k(read: Callable[[int, int], torch.Tensor], layout: tuple[int, in
     """
     full, size, k, rest, k_rest = layout
     picked, entries = [], []
-    per_piece = full if whole else topk_blocks_per_piece(full, size)
-    spans = [(first, min(full, first + per_piece)) for first in range(0, full, per_piece)]
-    for first, last in spans:
+    for first, last in block_spans(full, size, whole):
         blocks = read(first * size, last * size).view(last - first, size)
         local = blocks.abs().topk(k, dim=1, sorted=False).indices
         entries.append(blocks.gather(1, local).view(-1))
@@ -318,7 +323,7 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
             inside = (chosen >= lo) & (chosen < hi)  # the others go to the spare last element
             residual.index_fill_(0, torch.where(inside, chosen - lo, hi - lo), 0.0)
             ErrorFeedback.write(error, residual[:-1], lo, hi, qbs)
-            del residual
+            del residual  # before the next piece's is allocated: one piece's residual at a time
 
     p.mul_(decay)
     if dense_share:  # alpha > 0, the official pre-training option: a share of the error joins the update
@@ -354,9 +359,7 @@ def window_pieces(layout: tuple[int, int, int, int, int], whole: bool) -> list[t
     full, size, k, rest, k_rest = layout
     if whole:
         return [(0, full * k + k_rest, 0, full * size + rest)]
-    per_piece = topk_blocks_per_piece(full, size)
-    out = [(first * k, min(full, first + per_piece) * k, first * size, min(full, first + per_piece) * size)
-           for first in range(0, full, per_piece)]
+    out = [(first * k, last * k, first * size, last * size) for first, last in block_spans(full, size, whole)]
     if rest:
         out.append((full * k, full * k + k_rest, full * size, full * size + rest))
     return out
