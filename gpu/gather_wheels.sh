@@ -13,7 +13,12 @@ grep -v '^\s*#' gpu/wheels.txt | grep -v '^\s*$' | while read -r spec; do
     python3 -m pip wheel -q --no-deps -w .whl "$spec"  # a pure-Python sdist (fira): build its wheel here
   fi
 done
+# bitsandbytes carries a library per CUDA/ROCm/XPU release (43 MB packed); the image's torch is
+# built for CUDA 13, so only the CUDA 13 and CPU builds travel (7 MB).
+python3 gpu/slim_wheel.py .whl/bitsandbytes-*.whl 'libbitsandbytes_cuda13*.so' 'libbitsandbytes_cpu.so'
 ls -l .whl
-du -sh .whl
-echo "travels with the repository: $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes tracked" \
-     "+ $(du -sb .whl | cut -f1) bytes of wheels (the device tool takes 64 MiB = 67108864 bytes)"
+tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s+=$1} END {print s}')
+wheels=$(du -sb .whl | cut -f1)
+echo "travels: $tracked bytes tracked + $wheels bytes of wheels = $((tracked + wheels))" \
+     "(the device tool takes 64 MiB = 67108864 bytes)"
+if [ $((tracked + wheels)) -gt 67108864 ]; then echo "gather_wheels: over the device tool's limit" >&2; exit 1; fi
