@@ -189,3 +189,35 @@ def test_optimizer_steps_alone_show_state_and_step_scratch():
     assert cat["optimizer"] == s > 0
     assert cat["temporaries"] == largest_group_bytes(opt)  # foreach AdamW's scratch, one group at a time
     assert report.peak_bytes == 2 * p + s + largest_group_bytes(opt)
+
+
+def test_the_measured_model_is_freed_afterwards():
+    """ModTracker's backward hooks once kept every parameter of a transformer alive after the
+    memory pass (a reference cycle through autograd's C++ nodes), one model per pass; on CUDA
+    the allocator's peaks then rose cell after cell in a worker. The peak must not change."""
+    import gc
+    import weakref
+
+    from optbench.tasks._transformer import GPT
+
+    def tokens(n: int):
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(n):
+            yield torch.randint(0, 64, (4, 17), generator=gen)
+
+    def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+    def measured() -> tuple[list[weakref.ref], int]:
+        torch.manual_seed(0)
+        model = GPT(vocab=64, context=16, n_layers=2, d_model=32, n_heads=4, d_mlp=64)
+        opt = build("adamw", model)
+        report = measure_training_memory(model, opt, tokens(2), lm_loss, steps=2)
+        return [weakref.ref(p) for p in model.parameters()], report.peak_bytes
+
+    refs, peak = measured()
+    gc.collect()
+    alive = sum(r() is not None for r in refs)
+    assert alive == 0, f"{alive} of {len(refs)} parameters outlived the memory pass"
+    assert measured()[1] == peak  # a second pass in the same process sees the same peak
