@@ -61,6 +61,7 @@ def test_a_step_that_fails_to_compile_warns_and_steps_eagerly(monkeypatch) -> No
         _sgd_eager(params, grads, shared)
 
     monkeypatch.setattr(_common, "COMPILE_CHUNK", 2)
+    monkeypatch.setattr(_common, "COMPILE_CHUNK_NUMEL", 0)
     monkeypatch.setattr(_common, "compiled", lambda fn, key: fn)
     params = _params(5)
     opt = _Stepper(params, compiles_then_fails)
@@ -90,6 +91,7 @@ def test_under_a_dispatch_mode_the_step_runs_eagerly_and_stays_compiled(monkeypa
 def test_compiled_chunks_share_a_graph_per_distinct_key(monkeypatch) -> None:
     made = []
     monkeypatch.setattr(_common, "COMPILE_CHUNK", 2)
+    monkeypatch.setattr(_common, "COMPILE_CHUNK_NUMEL", 0)
     monkeypatch.setattr(_common, "_COMPILED", {})
     monkeypatch.setattr(_common.torch, "compile", lambda fn, **_: made.append(fn) or fn)
     opt = _Stepper(_params(6), _sgd_eager)  # three chunks of two (3,) float32 tensors: one key
@@ -103,3 +105,14 @@ def test_the_run_record_says_which_step_ran() -> None:
 
     record = run_one("digits-mlp", "smmf", preset="smoke", measure_memory_pass=False)
     assert record["status"] == "ok" and record["optimizer_impl"] == "eager"  # the suite steps eagerly
+
+
+def test_chunks_split_every_16_tensors_of_a_large_model_and_gather_a_small_one() -> None:
+    big = [786432, 262144, 1048576, 1048576, 512, 512] * 17  # 102 tensors, the 27M GPT's layer sizes
+    bounds = _common.chunk_bounds(big)
+    assert bounds[:2] == [(0, 16), (16, 32)] and bounds[-1] == (96, 102)
+    assert _common.chunk_bounds([16384, 128, 128] * 23) == [(0, 69)]  # 0.4M elements: one region
+    assert _common.chunk_bounds([1] * 300) == [(0, 128), (128, 256), (256, 300)]
+    sizes = [5, 1, 2 ** 20, 3, 7]
+    flat = [i for start, end in _common.chunk_bounds(sizes) for i in range(start, end)]
+    assert flat == list(range(len(sizes)))  # every tensor in exactly one region, in order
