@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gc
 import json
 import os
 import platform
@@ -179,6 +180,7 @@ def worker(task: str, optimizers: Sequence[str], preset: str, device: str, runs_
             return 3
         with status.open("a") as f:
             f.write(f"start {task} {name}\n")
+        held = held_bytes(device)
         started = time.perf_counter()
         outcome = run_grid([Cell(task, name, 0)], preset=preset, runs_dir=runs_dir, device=device, progress=False)
         record = outcome.records[0]
@@ -189,11 +191,39 @@ def worker(task: str, optimizers: Sequence[str], preset: str, device: str, runs_
             except Exception as exc:  # noqa: BLE001 - a failed count is reported, the run stands
                 syncs = {"error": f"{type(exc).__name__}: {exc}"}
         _write_json(row_path, {"run_key": record.get("run_key") or key, "record": record, "syncs": syncs,
-                               "cell_s": time.perf_counter() - started})
+                               "cell_s": time.perf_counter() - started, "held_before_bytes": held})
         with status.open("a") as f:
             f.write(f"done {task} {name}\n")
         print(f"gpu_check: {task} / {name}: {record['status']} in {time.perf_counter() - started:.1f} s", flush=True)
     return 0
+
+
+def held_bytes(device: str) -> int:
+    """Bytes the worker still holds on ``device`` before a cell starts, after a garbage collection.
+
+    Earlier cells should leave nothing behind but the task's data: a figure that grows from cell
+    to cell is a leak, and it inflates every later cell's allocator peaks (as the first GPU check
+    showed). On CUDA the allocator's count; elsewhere the storages of the live tensors that
+    Python can reach.
+    """
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_allocated(device))
+    kind = torch.device(device).type
+    storages = {}
+    for obj in gc.get_objects():
+        if not issubclass(type(obj), torch.Tensor):  # type(), not isinstance: some modules warn on __class__
+            continue
+        try:  # a wrapper subclass (torchao's optimizer state) has no storage of its own: its parts are counted
+            if obj.device.type == kind and not obj.is_meta:
+                storage = obj.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+            continue
+    return sum(storages.values())
 
 
 def _crashed_cell(status: Path, task: str) -> str | None:
@@ -285,6 +315,7 @@ def table_rows(cells: list[tuple[str, str, str]], runs_dir: Path) -> list[dict[s
                        state_bytes=mem.get("optimizer_state_bytes"), tracked_peak_bytes=mem.get("peak_bytes"),
                        cuda_max_allocated=mem.get("cuda_max_allocated"), cuda_max_reserved=mem.get("cuda_max_reserved"),
                        memory_method=(mem.get("method") or "").split(";")[0], cell_s=data.get("cell_s"),
+                       held_before_bytes=data.get("held_before_bytes"),
                        final_train_loss=(rec.get("metrics") or {}).get("final_train_loss"))
             if isinstance(syncs, dict) and "error" not in syncs:
                 row.update(syncs_step_1=syncs["step_1"], syncs_per_step=syncs["per_steady_step"],
@@ -304,7 +335,7 @@ def table_rows(cells: list[tuple[str, str, str]], runs_dir: Path) -> list[dict[s
 
 COLUMNS = ["task", "optimizer", "status", "opt_step_s", "opt_step_s_vs_adamw", "step_s", "step_s_vs_adamw",
            "state_bytes", "tracked_peak_bytes", "cuda_max_allocated", "cuda_max_reserved", "syncs_step_1",
-           "syncs_per_step", "sync_kinds", "final_train_loss", "cell_s", "memory_method"]
+           "syncs_per_step", "sync_kinds", "final_train_loss", "cell_s", "held_before_bytes", "memory_method"]
 
 
 def write_outputs(rows: list[dict], hw: dict, out: Path, preset: str, command: str, wall_s: float) -> None:
@@ -323,10 +354,12 @@ def write_outputs(rows: list[dict], hw: dict, out: Path, preset: str, command: s
         "`torch.cuda.empty_cache()` and `reset_peak_memory_stats()`: they also hold the batch, cuBLAS/cuDNN "
         "workspaces and allocator rounding. Times are medians after the budget's warm-up steps; ratios are "
         "against fused AdamW on the same task. Syncs: host-device syncs inside `optimizer.step()`, in "
-        "step 1 (state is made) and per later step.", "",
+        "step 1 (state is made) and per later step. *Held before* is what the task's worker still held on "
+        "the device when the cell started (after a garbage collection): the task's data, and nothing that "
+        "grows from cell to cell.", "",
         "| task | optimizer | status | step() ms | x AdamW | step ms | x AdamW | state MiB | tracked peak MiB "
-        "| max allocated MiB | max reserved MiB | syncs step 1 | syncs/step | sync kinds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| max allocated MiB | max reserved MiB | held before MiB | syncs step 1 | syncs/step | sync kinds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     def ratio(r: dict, k: str) -> str:
         return f"{r[k]:.2f}" if r.get(k) else ""
@@ -338,6 +371,7 @@ def write_outputs(rows: list[dict], hw: dict, out: Path, preset: str, command: s
             f"{ratio(r, 'opt_step_s_vs_adamw')} | {_ms(r.get('step_s'))} | {ratio(r, 'step_s_vs_adamw')} | "
             f"{_mib(r.get('state_bytes'))} | {_mib(r.get('tracked_peak_bytes'))} | "
             f"{_mib(r.get('cuda_max_allocated'))} | {_mib(r.get('cuda_max_reserved'))} | "
+            f"{_mib(r.get('held_before_bytes'))} | "
             f"{r.get('syncs_step_1', '')} | {syncs} | {r.get('sync_kinds', '')} |")
     (out / "GPU_CHECK.md").write_text("\n".join(lines) + "\n")
 
