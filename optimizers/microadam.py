@@ -304,6 +304,11 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
     step, slot, b1, b2, log_b1, log_b2, bc1, bc2, eps, decay, lr, alpha = scalars
     n = p.numel()
     pieces = _pieces(n, qbs, whole)
+    if len(pieces) == 1 and len(window_pieces(topk, whole)) == 1:
+        # One piece (every tensor of a small model, the vectors of a large one): one buffer ``a``
+        # serves the selection, the residual and the window, as in the compiled step. Its scratch is
+        # that of a piece, and computing ``a`` twice made MicroAdam's eager step on topics-gpt 25% slower.
+        whole = True
     if whole:  # a = g + e: the compiled step's one dense float32 buffer
         a = g.float() + ErrorFeedback.read(error, 0, n, qbs)
         chosen, entries = select_top_k(lambda lo, hi: a[lo:hi], topk, whole)
