@@ -2,7 +2,8 @@
 
 bitsandbytes ships one library per CUDA, ROCm and XPU release (129 MB unpacked, 43 MB packed); the
 image's torch is built for CUDA 13.0, so only the CUDA 13 builds and the CPU build are kept.
-Usage: python3 gpu/slim_wheel.py WHEEL KEEP_GLOB... (rewrites WHEEL in place, RECORD included).
+Usage: python3 gpu/slim_wheel.py WHEEL KEEP_GLOB... drops every ``.so`` whose name matches no
+KEEP_GLOB (rewrites WHEEL in place, RECORD included).
 """
 import fnmatch
 import os
@@ -13,7 +14,7 @@ import zipfile
 def slim(path: str, keep: list[str]) -> tuple[int, int]:
     def dropped(name: str) -> bool:
         base = os.path.basename(name)
-        return base.startswith("libbitsandbytes_") and not any(fnmatch.fnmatch(base, k) for k in keep)
+        return base.endswith(".so") and not any(fnmatch.fnmatch(base, k) for k in keep)
 
     before = os.path.getsize(path)
     tmp = path + ".tmp"

@@ -178,13 +178,15 @@ def compiled(fn: Callable, layout: Hashable) -> Callable:
 
 
 def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: Callable,
-             per_tensor: Sequence[Sequence], shared: Sequence, key: Sequence[Hashable]) -> None:
+             per_tensor: Sequence[Sequence], shared: Sequence, key: Sequence[Hashable],
+             bounds: Sequence[tuple[int, int]] | None = None) -> None:
     """Run one step: ``compiled_fn`` compiled when ``optimizer.optbench_impl == "compiled"``, else ``eager_fn``.
 
     Both are called as ``fn(*per_tensor, shared)`` and compute the same update: ``per_tensor``
     holds lists aligned with the tensors (parameters, gradients, state, layout entries),
     ``shared`` the per-step numbers they index. ``key[i]`` is everything static about tensor i
-    (shape, dtype, layout). The compiled step runs on chunks of tensors (``chunk_bounds``), one
+    (shape, dtype, layout). The compiled step runs on chunks of tensors (``bounds``, by default
+    ``chunk_bounds`` of their sizes; a step plan keeps its own), one
     compiled graph per distinct chunk: a model's repeated blocks share one, and no graph grows
     with the model (inductor's compile time grows faster than its size). ``eager_fn`` may
     process big tensors in pieces to bound its scratch memory.
@@ -197,7 +199,9 @@ def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: 
     start = 0
     if optimizer.optbench_impl == "compiled" and _get_current_dispatch_mode() is None:  # type: ignore[attr-defined]
         try:
-            for start, end in chunk_bounds([t.numel() for t in per_tensor[0]]):
+            if bounds is None:
+                bounds = chunk_bounds([t.numel() for t in per_tensor[0]])
+            for start, end in bounds:
                 compiled(compiled_fn, tuple(key[start:end]))(*_slice(per_tensor, start, end), shared)
             return
         except Exception as exc:  # noqa: BLE001
@@ -244,6 +248,7 @@ class StepPlan:
     slots: tuple = ()
     layout: tuple = ()
     key: list = field(default_factory=list)
+    bounds: list = field(default_factory=list)  # the compiled regions (``chunk_bounds``) of these tensors
 
 
 class PlannedStep:
@@ -303,6 +308,7 @@ def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Ten
         plan.layout = tuple(prep.entry + (slot,) for prep, slot in zip(plan.prepared, slots, strict=True))
         plan.key = [(entry, prep.work.shape, prep.work.dtype, p.grad.dtype, p.device, len(prep.state))
                     for entry, prep, p in zip(plan.layout, plan.prepared, plan.params, strict=True)]
+        plan.bounds = chunk_bounds([prep.work.numel() for prep in plan.prepared])
     if not plan.params:
         return
     grads = [p.grad if prep.grad_shape is None else p.grad.reshape(prep.grad_shape)
@@ -311,7 +317,8 @@ def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Ten
         if prep.write_back:  # the parameter may have changed since the last step (a loaded checkpoint)
             prep.work.view(p.shape).copy_(p)
     run_step(optimizer, compiled_fn, eager_fn, ([prep.work for prep in plan.prepared], grads,
-                                                [prep.state for prep in plan.prepared], plan.layout), shared, plan.key)
+                                                [prep.state for prep in plan.prepared], plan.layout), shared, plan.key,
+             plan.bounds)
     for p, prep in zip(plan.params, plan.prepared, strict=True):
         if prep.write_back:
             p.copy_(prep.work.view(p.shape))
