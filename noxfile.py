@@ -79,6 +79,7 @@ def microbench(session: nox.Session) -> None:
                "--benchmark-storage=benchmarks/baseline", *args)
     for model in ("topics", "25m"):  # the task's GPT and the 27M-parameter one (issue 13)
         run_in_env(session, "-m", "benchmarks.optimizer_ratios", "--model", model)
+        run_in_env(session, "-m", "benchmarks.microadam_floor", "--model", model)  # its library calls' floor
 
 
 @nox.session(venv_backend="none")

@@ -87,3 +87,41 @@ def test_ratio_benchmark_can_add_the_compiled_step_of_our_own_optimizers(monkeyp
     assert set(ready) == {"adamw", "smmf", "smmf+compiled"}
     assert ready["smmf"][2].optbench_impl == "eager"
     assert ready["smmf+compiled"][2].optbench_impl == "compiled"
+
+
+def test_microadam_floor_times_the_steps_library_calls_on_its_own_layout(tmp_path) -> None:
+    import torch
+
+    from benchmarks import microadam_floor
+    from benchmarks.optimizer_ratios import build, fill_gradients
+    from optbench.registry import optimizers as registered
+
+    out = tmp_path / "floor.json"
+    assert microadam_floor.main(["--model", "topics", "--rounds", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    parts = {p["part"]: p for p in data["parts"]}
+    assert list(parts) == ["fused AdamW step", "topk", "window sums", "topk + window sums"]
+    assert parts["fused AdamW step"]["ratio_to_fused_adamw"] == 1.0
+    assert parts["topk + window sums"]["ms"] == pytest.approx(parts["topk"]["ms"] + parts["window sums"]["ms"])
+    assert all(p["ms"] > 0 for p in data["parts"]) and data["model"] == "topics"
+    # The windows it sums are as wide as the ones MicroAdam keeps for this model, slot for slot.
+    model = build("topics", "cpu")
+    fill_gradients(model)
+    optimizer = registered()["microadam"].build(model, 1e-3)
+    optimizer.step()
+    params = [p for p in model.parameters() if p.requires_grad]
+    windows = microadam_floor.windows(params, torch.Generator().manual_seed(0))
+    assert [support.numel() for support, _ in windows] == [optimizer.state[p]["indices"].numel() for p in params]
+    table = tmp_path / "floor.md"
+    assert microadam_floor.main(["--merge", str(out), str(out), "--out", str(table)]) == 0
+    assert "median of 2 runs" in table.read_text() and "| topk |" in table.read_text()
+
+
+def test_microadam_floor_refuses_bad_input_before_measuring(tmp_path, capsys) -> None:
+    from benchmarks import microadam_floor
+
+    for argv in (["--model", "70b"], ["--rounds", "0"], ["--merge", str(tmp_path / "missing.json")]):
+        with pytest.raises(SystemExit) as exc:
+            microadam_floor.main(argv)
+        assert exc.value.code == 2
+    assert "missing.json" in capsys.readouterr().err
