@@ -297,11 +297,24 @@ def local_indices(global_idx: torch.Tensor, size: int, dtype: torch.dtype) -> to
     return torch.remainder(global_idx, size).to(dtype)
 
 
+def per_step(scalars: Sequence[float], window: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                  torch.Tensor]:
+    """What every tensor of a param group shares at a step: the ring slot to write (``ring_slot``)
+    and the window's weights for the two moments (``window_weights``, as (m, 1) columns)."""
+    step, slot, b1, b2, log_b1, log_b2 = scalars[:6]
+    return (ring_slot(slot, window, device), window_weights(step, window, b1, log_b1, device).unsqueeze(1),
+            window_weights(step, window, b2, log_b2, device).unsqueeze(1))
+
+
 def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
-                      error: Sequence[torch.Tensor], layout: tuple, scalars: Sequence[float], whole: bool) -> None:
-    """One tensor's MicroAdam step (flat ``p``, ``g``); ``whole``: no pieces (what the compiled step does)."""
+                      error: Sequence[torch.Tensor], layout: tuple, scalars: Sequence[float], whole: bool,
+                      shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+    """One tensor's MicroAdam step (flat ``p``, ``g``); ``whole``: no pieces (what the compiled step does).
+
+    ``shared``: ``per_step`` of these scalars, made once for all the tensors that share them (else here)."""
     topk, qbs, window, dense_share = layout
     step, slot, b1, b2, log_b1, log_b2, bc1, bc2, eps, decay, lr, alpha = scalars
+    ring, w1, w2 = shared if shared is not None else per_step(scalars, window, p.device)
     n = p.numel()
     pieces = _pieces(n, qbs, whole)
     if len(pieces) == 1 and len(window_pieces(topk, whole)) == 1:
@@ -315,7 +328,6 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
     else:  # a piece of a at a time, twice: to choose the top-k, then to write the residual
         chosen, entries = select_top_k(lambda lo, hi: g[lo:hi].float() + read_error_range(error, lo, hi, n, qbs),
                                        topk, whole)
-    ring = ring_slot(slot, window, p.device)
     indices.index_copy_(0, ring, local_indices(chosen, topk[1], indices.dtype).unsqueeze(0))
     values.index_copy_(0, ring, entries.to(values.dtype).unsqueeze(0))
     if whole:
@@ -340,8 +352,6 @@ def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, v
     # The window's moments on its support, a piece of top-k blocks at a time (all of them at once
     # when ``whole``, through ``a``): each piece's entries index only its own blocks, so a buffer of
     # the piece's size (zeroed at the support only) takes its scatter-adds.
-    w1 = window_weights(step, window, b1, log_b1, p.device).unsqueeze(1)
-    w2 = window_weights(step, window, b2, log_b2, p.device).unsqueeze(1)
     for col_lo, col_hi, lo, hi in window_pieces(topk, whole):
         support = piece_support(indices[:, col_lo:col_hi], col_lo, topk, lo)
         buffer = a if whole else torch.empty(hi - lo, dtype=torch.float32, device=p.device)
@@ -401,8 +411,12 @@ def microadam_step_eager(params: list[torch.Tensor], grads: list[torch.Tensor], 
 def _every_tensor(params, grads, states, layout, slots, whole: bool) -> None:
     """``params`` and ``grads`` come flat (``MicroAdam.step`` makes the views: a reshape inside a
     compiled graph with symbolic shapes costs several times the step)."""
+    shared: dict[tuple, tuple] = {}  # per (scalar slot, window, device): made once a step, not once a tensor
     for p, g, (indices, values, *error), (tensor_layout, slot) in zip(params, grads, states, layout, strict=True):
-        microadam_tensor_(p, g, indices, values, error, tensor_layout, slots[slot], whole)
+        key = (slot, tensor_layout[2], p.device)
+        if key not in shared:
+            shared[key] = per_step(slots[slot], tensor_layout[2], p.device)
+        microadam_tensor_(p, g, indices, values, error, tensor_layout, slots[slot], whole, shared[key])
 
 
 # ----------------------------------------------------------------------------- the optimizer
