@@ -47,6 +47,7 @@ from optbench.optimizers.microadam import (
 from tabulate import tabulate
 
 from benchmarks.optimizer_ratios import BANDWIDTH_NUMEL, MODELS, build, fill_gradients
+from benchmarks.ratio_table import runs_table
 from optbench.bandwidth import add_bytes, add_seconds
 
 WINDOW = 10  # MicroAdam's default m
@@ -118,11 +119,7 @@ def merged_markdown(runs: list[dict]) -> str:
         lines += [f"## Model `{model}`", "",
                   f"{first['params']:,} parameters in {first['tensors']} tensors; torch {first['torch']}, "
                   f"{first['threads']} threads; median of {len(mine)} runs of {first['rounds']} rounds each.", "",
-                  "| run | command | bandwidth (GB/s) | load average before / after |", "|---|---|---|---|"]
-        for i, run in enumerate(mine, 1):
-            load = run["load_average"]
-            lines.append(f"| {i} | `{run['command']}` | {run['bandwidth_gbs']:.1f} | "
-                         f"{load['before']:.2f} / {load['after']:.2f} |")
+                  *runs_table(mine)]
         lines += ["", "| part | ms | / fused AdamW step |", "|---|---|---|"]
         for part in [p["part"] for p in first["parts"]]:
             per_run = [next(p for p in run["parts"] if p["part"] == part) for run in mine]

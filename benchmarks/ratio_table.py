@@ -35,16 +35,22 @@ def median_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def runs_table(runs: list[dict]) -> list[str]:
+    """The markdown rows that say under what each run was measured: its command, bandwidth and load."""
+    lines = ["| run | command | bandwidth (GB/s) | load average before / after |", "|---|---|---|---|"]
+    for i, run in enumerate(runs, 1):
+        load = run["load_average"]
+        lines.append(f"| {i} | `{run['command']}` | {run['bandwidth_gbs']:.1f} | "
+                     f"{load['before']:.2f} / {load['after']:.2f} |")
+    return lines
+
+
 def markdown(runs: list[dict], rows: list[dict]) -> str:
     first = runs[0]
     lines = [f"Model `{first['model']}`: {first['params']:,} parameters in {first['tensors']} tensors; "
              f"{first['device']}, torch {first['torch']}, {first['threads']} threads; median of {len(runs)} runs "
              f"of {first['steps']} interleaved steps each (after {first['warmup']} warm-up).", "",
-             "| run | command | bandwidth (GB/s) | load average before / after |", "|---|---|---|---|"]
-    for i, run in enumerate(runs, 1):
-        load = run["load_average"]
-        lines.append(f"| {i} | `{run['command']}` | {run['bandwidth_gbs']:.1f} | "
-                     f"{load['before']:.2f} / {load['after']:.2f} |")
+             *runs_table(runs)]
     lines += ["", "| optimizer | step | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
               "|---|---|" + "---|" * len(COLUMNS)]
     for row in rows:
