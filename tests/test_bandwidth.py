@@ -125,3 +125,39 @@ def test_microadam_floor_refuses_bad_input_before_measuring(tmp_path, capsys) ->
             microadam_floor.main(argv)
         assert exc.value.code == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_compile_cost_refuses_bad_input_before_compiling() -> None:
+    from benchmarks import compile_cost
+
+    for argv in (["--model", "70b"], ["--optimizers", "adamw"], ["--optimizers", "slimadam,lion"]):
+        with pytest.raises(SystemExit) as exc:
+            compile_cost.main(argv)
+        assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_compile_cost_times_a_cold_and_a_warm_first_step_of_the_compiled_step(tmp_path) -> None:
+    from benchmarks import compile_cost
+
+    out = tmp_path / "cost.json"
+    assert compile_cost.main(["--model", "topics", "--optimizers", "slimadam", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    for run in (row["cold"], row["warm"]):
+        assert run["impl"] == "compiled", run  # not a fallback to the eager step
+        assert run["first_s"] > 0 and run["step_ms"] > 0
+    table = tmp_path / "cost.md"
+    assert compile_cost.main(["--render", str(out), "--out", str(table)]) == 0
+    assert "| slimadam " in table.read_text() and "--optimizers slimadam" in table.read_text()
+
+
+def test_compile_cost_table_says_which_runs_failed(tmp_path) -> None:
+    from benchmarks import compile_cost
+
+    ok = {"first_s": 30.0, "step_ms": 1.5, "impl": "compiled"}
+    data = {"command": "python -m benchmarks.compile_cost", "model": "topics", "load_average": 1.0,
+            "rows": [{"optimizer": "smmf", "cold": {"error": "RuntimeError: boom"}, "warm": ok}]}
+    text = compile_cost.markdown(data)
+    row = next(line for line in text.splitlines() if line.startswith("| smmf"))
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["smmf", "error: RuntimeError: boom", "30.0",
+                                                                     "1.50", "compiled"]
