@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.render is not None and not args.render.is_file():
         parser.error(f"--render: no such file: {args.render}")
+    if args.out is not None and args.render is None:
+        parser.error(f"--out {args.out} is for --render FILE.json (a measuring run writes --json)")
     if args.child is None and args.render is None:
         if args.model not in MODELS:
             parser.error(f"--model {args.model!r} is not one of {', '.join(MODELS)}")

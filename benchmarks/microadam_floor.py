@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     missing = [str(p) for p in args.merge or () if not p.is_file()]
     if missing:
         parser.error(f"--merge: no such file: {', '.join(missing)}")
+    if args.out is not None and not args.merge:
+        parser.error(f"--out {args.out} is for --merge RUN.json... (a measuring run writes --json)")
     if args.model not in MODELS:
         parser.error(f"--model {args.model!r} is not one of {', '.join(MODELS)}")
     if args.rounds < 1:

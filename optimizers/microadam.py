@@ -308,13 +308,13 @@ def per_step(scalars: Sequence[float], window: int, device: torch.device) -> tup
 
 def microadam_tensor_(p: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
                       error: Sequence[torch.Tensor], layout: tuple, scalars: Sequence[float], whole: bool,
-                      shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+                      shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
     """One tensor's MicroAdam step (flat ``p``, ``g``); ``whole``: no pieces (what the compiled step does).
 
-    ``shared``: ``per_step`` of these scalars, made once for all the tensors that share them (else here)."""
+    ``shared``: ``per_step`` of ``scalars``, made once for all the tensors that share them."""
     topk, qbs, window, dense_share = layout
-    step, slot, b1, b2, log_b1, log_b2, bc1, bc2, eps, decay, lr, alpha = scalars
-    ring, w1, w2 = shared if shared is not None else per_step(scalars, window, p.device)
+    bc1, bc2, eps, decay, lr, alpha = scalars[6:]  # the first six are read by ``per_step``
+    ring, w1, w2 = shared
     n = p.numel()
     pieces = _pieces(n, qbs, whole)
     if len(pieces) == 1 and len(window_pieces(topk, whole)) == 1:

@@ -120,7 +120,8 @@ def test_microadam_floor_times_the_steps_library_calls_on_its_own_layout(tmp_pat
 def test_microadam_floor_refuses_bad_input_before_measuring(tmp_path, capsys) -> None:
     from benchmarks import microadam_floor
 
-    for argv in (["--model", "70b"], ["--rounds", "0"], ["--merge", str(tmp_path / "missing.json")]):
+    for argv in (["--model", "70b"], ["--rounds", "0"], ["--merge", str(tmp_path / "missing.json")],
+                 ["--out", str(tmp_path / "floor.md")]):
         with pytest.raises(SystemExit) as exc:
             microadam_floor.main(argv)
         assert exc.value.code == 2
@@ -130,7 +131,8 @@ def test_microadam_floor_refuses_bad_input_before_measuring(tmp_path, capsys) ->
 def test_compile_cost_refuses_bad_input_before_compiling() -> None:
     from benchmarks import compile_cost
 
-    for argv in (["--model", "70b"], ["--optimizers", "adamw"], ["--optimizers", "slimadam,lion"]):
+    for argv in (["--model", "70b"], ["--optimizers", "adamw"], ["--optimizers", "slimadam,lion"],
+                 ["--out", "cost.md"]):
         with pytest.raises(SystemExit) as exc:
             compile_cost.main(argv)
         assert exc.value.code == 2
@@ -151,7 +153,7 @@ def test_compile_cost_times_a_cold_and_a_warm_first_step_of_the_compiled_step(tm
     assert "| slimadam " in table.read_text() and "--optimizers slimadam" in table.read_text()
 
 
-def test_compile_cost_table_says_which_runs_failed(tmp_path) -> None:
+def test_compile_cost_table_says_which_runs_failed() -> None:
     from benchmarks import compile_cost
 
     ok = {"first_s": 30.0, "step_ms": 1.5, "impl": "compiled"}

@@ -273,3 +273,25 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
         err = ((p - q).norm() / q.norm()).item()
         assert err < 1e-6, f"{name}: relative error {err:.2e}"
+
+
+def test_param_groups_with_their_own_betas_and_window_step_as_each_group_alone() -> None:
+    # The ring slot and window weights are made once a step per (scalar slot, window, device); a
+    # key that missed the group would give the second group the first one's weights.
+    torch.manual_seed(0)
+    shapes, settings = [(40, 30), (25,)], [dict(betas=(0.9, 0.999), m=4), dict(betas=(0.5, 0.9), m=3)]
+    together = [nn.Parameter(torch.randn(s)) for s in shapes]
+    alone = [nn.Parameter(q.detach().clone()) for q in together]
+    start = [q.detach().clone() for q in together]
+    opt = MicroAdam([{"params": [q], **kw} for q, kw in zip(together, settings)], lr=1e-2, k_init=0.1)
+    singles = [MicroAdam([q], lr=1e-2, k_init=0.1, **kw) for q, kw in zip(alone, settings)]
+    for _ in range(6):
+        grads = [torch.randn(s) for s in shapes]
+        for q, r, g in zip(together, alone, grads):
+            q.grad, r.grad = g.clone(), g.clone()
+        opt.step()
+        for single in singles:
+            single.step()
+    for q, r, q0 in zip(together, alone, start):
+        assert not torch.equal(q.detach(), q0)  # it moved
+        assert torch.equal(q.detach(), r.detach())
