@@ -114,7 +114,7 @@ def column_sums(matrix: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the compiled step
 
-IMPLS = ("compiled", "eager")
+IMPLS = ("native", "compiled", "eager")
 COMPILE_ENV = "OPTBENCH_COMPILE"
 _COMPILED: dict[tuple[Callable, Hashable], Callable] = {}
 COMPILE_DYNAMIC = bool(int(os.environ.get("OPTBENCH_COMPILE_DYNAMIC", "1")))
@@ -153,9 +153,21 @@ def compile_enabled() -> bool:
     return os.environ.get(COMPILE_ENV, "1") != "0"
 
 
-def initial_impl(compile: bool) -> str:
-    """What ``optbench_impl`` starts as for an optimizer built with ``compile``."""
-    return "compiled" if compile and compile_enabled() else "eager"
+def initial_impl(compile: bool, native: bool = False) -> str:
+    """What ``optbench_impl`` starts as for an optimizer built with ``compile``; ``native``: its C
+    kernel can take every one of its parameters (the optimizer checks; see ``run_step``). An
+    explicit ``compile=True`` wins (the ratio benchmark's compiled rows ask for it); otherwise the
+    kernel, where there is one, runs instead of the eager torch step."""
+    if compile and compile_enabled():
+        return "compiled"
+    return "native" if native else "eager"
+
+
+def without_data(tensors: Sequence[torch.Tensor]) -> bool:
+    """True for fake or meta tensors (a projection): a C kernel has no memory to read there."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(t.device.type == "meta" or is_fake(t) for t in tensors[:1])
 
 
 def compiled(fn: Callable, layout: Hashable) -> Callable:
@@ -179,10 +191,11 @@ def compiled(fn: Callable, layout: Hashable) -> Callable:
 
 def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: Callable,
              per_tensor: Sequence[Sequence], shared: Sequence, key: Sequence[Hashable],
-             bounds: Sequence[tuple[int, int]] | None = None) -> None:
-    """Run one step: ``compiled_fn`` compiled when ``optimizer.optbench_impl == "compiled"``, else ``eager_fn``.
+             bounds: Sequence[tuple[int, int]] | None = None, native_fn: Callable | None = None) -> None:
+    """Run one step: ``native_fn`` when ``optimizer.optbench_impl == "native"``, ``compiled_fn``
+    compiled when it is ``"compiled"``, else ``eager_fn``.
 
-    Both are called as ``fn(*per_tensor, shared)`` and compute the same update: ``per_tensor``
+    All three are called as ``fn(*per_tensor, shared)`` and compute the same update: ``per_tensor``
     holds lists aligned with the tensors (parameters, gradients, state, layout entries),
     ``shared`` the per-step numbers they index. ``key[i]`` is everything static about tensor i
     (shape, dtype, layout). The compiled step runs on chunks of tensors (``bounds``, by default
@@ -191,11 +204,28 @@ def run_step(optimizer: torch.optim.Optimizer, compiled_fn: Callable, eager_fn: 
     with the model (inductor's compile time grows faster than its size). ``eager_fn`` may
     process big tensors in pieces to bound its scratch memory.
 
+    ``native_fn`` (a C kernel, ``optimizers._native``) returns False, before changing anything,
+    when it cannot take these tensors (a dtype, device or layout it does not handle): the
+    optimizer then warns once and switches for good to its fallback (``optbench_fallback_impl``).
+    On fake or meta tensors (a projection) ``native_fn.dry_run`` makes the torch allocations the
+    kernel's call would make (its scratch) and no arithmetic, so that a projection of the native
+    step's memory matches a measurement of it.
+
     Under a torch dispatch mode (the memory tracker, fake tensors), which ``torch.compile`` does
-    not trace, the step runs eagerly without changing ``optbench_impl``. A compile failure
+    not trace, the compiled step runs eagerly without changing ``optbench_impl``. A compile failure
     (raised while tracing, before that chunk's update) warns once, steps the rest of the tensors
     eagerly and switches the optimizer to eager.
     """
+    if optimizer.optbench_impl == "native":  # type: ignore[attr-defined]
+        if native_fn is not None and without_data(per_tensor[0]):
+            native_fn.dry_run(*per_tensor, shared)
+            return
+        if native_fn is not None and native_fn(*per_tensor, shared):
+            return
+        fallback = getattr(optimizer, "optbench_fallback_impl", "eager")
+        warnings.warn(f"{type(optimizer).__name__}: its C kernel cannot take these tensors; stepping {fallback}",
+                      stacklevel=3)
+        optimizer.optbench_impl = fallback  # type: ignore[attr-defined]
     start = 0
     if optimizer.optbench_impl == "compiled" and _get_current_dispatch_mode() is None:  # type: ignore[attr-defined]
         try:
@@ -253,10 +283,10 @@ class StepPlan:
 
 class PlannedStep:
     """Mixin of our own optimizers (before ``torch.optim.Optimizer`` in the bases): ``step()`` runs the
-    closure, then :func:`planned_step` with the four pieces ``_step_pieces()`` names (describe, per-step
-    numbers, compiled and eager step functions)."""
+    closure, then :func:`planned_step` with the pieces ``_step_pieces()`` names (describe, per-step
+    numbers, compiled and eager step functions, and optionally a C kernel's step)."""
 
-    def _step_pieces(self) -> tuple[Callable, Callable, Callable, Callable]:
+    def _step_pieces(self) -> tuple[Callable, ...]:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -275,7 +305,8 @@ def closure_loss(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | N
 
 
 def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Tensor, dict, dict], Prepared],
-                 scalars_of: Callable[[int, dict], tuple], compiled_fn: Callable, eager_fn: Callable) -> None:
+                 scalars_of: Callable[[int, dict], tuple], compiled_fn: Callable, eager_fn: Callable,
+                 native_fn: Callable | None = None) -> None:
     """One step of an own optimizer: count, plan (see ``StepPlan``), then ``run_step``.
 
     ``describe(param, group, state)`` initializes an empty state and says how the step function
@@ -318,7 +349,7 @@ def planned_step(optimizer: torch.optim.Optimizer, describe: Callable[[torch.Ten
             prep.work.view(p.shape).copy_(p)
     run_step(optimizer, compiled_fn, eager_fn, ([prep.work for prep in plan.prepared], grads,
                                                 [prep.state for prep in plan.prepared], plan.layout), shared, plan.key,
-             plan.bounds)
+             plan.bounds, native_fn)
     for p, prep in zip(plan.params, plan.prepared, strict=True):
         if prep.write_back:
             p.copy_(prep.work.view(p.shape))

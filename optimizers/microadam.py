@@ -32,9 +32,26 @@ is a Python int in the state.
 State bytes per tensor: m·K·(2 or 4) indices + m·K·2 values + ceil(N/2) codes + 4·ceil(N/qbs)
 min/max, K the sum of k over its blocks (4N instead of the last two without quantization).
 
-The step is one function over every tensor, which ``torch.compile`` can fuse (``optbench.optimizers._common``;
-the class compiles by default, the registered optimizer does not (``compile`` hyperparameter,
-False): on a 2-core CPU compiling costs minutes per model, more than a board run).
+Three implementations of the same step; ``optimizer.optbench_impl`` says which ran, and the
+runner records it:
+
+- **native** (the default on CPU float32 parameters): ``kernels/microadam.c``, every tensor in one
+  call, built on first use (``optbench.optimizers._native``). Per top-k block it computes ``a``,
+  selects the top-k (a sampled threshold, then an exact selection among the few that pass), writes
+  the window slot and applies the window's update; per quantization block it recomputes the
+  residual and writes its codes. Its scratch is a few blocks per thread. torch ops cannot reach
+  the memory bandwidth here: ``torch.topk`` alone costs 5x fused AdamW's step on a 27M model
+  (``results/ratios/microadam-floor.md``). The kernel's error codes and window equal the eager
+  step's; parameters agree to an ulp (torch's CPU ``sqrt`` is not correctly rounded, the kernel's
+  is), except that among entries tied in ``|a|`` at the k-th place the two may choose differently
+  (``torch.topk``'s choice among ties is unspecified). ``alpha > 0``, ``quantize_error=False``,
+  an odd ``quant_block_size`` and other devices or dtypes take a torch step.
+- **compiled** (``compile=True``): one function over every tensor, which ``torch.compile`` fuses
+  (``optbench.optimizers._common``); the path for CUDA. On a 2-core CPU compiling costs minutes
+  per model (``results/ratios/compile-topics.md``).
+- **eager**: the same function run op by op, in pieces (below); the reference the other two are
+  tested against.
+
 The window's moments are gathered on its support (about m·k_init·N entries), never into dense m
 and v. The compiled step holds one dense float32 temporary, ``a``, and gathers the moments
 through it. The eager step holds none: it computes ``a`` a piece at a time, twice (to choose the
@@ -51,6 +68,7 @@ not verified: no such run has been made.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -64,12 +82,14 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     check_positive_int,
+    compile_enabled,
     decay_factor,
     initial_impl,
     trainable,
     work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._native import load as load_native
 from torch import nn
 
 from optbench.param_groups import decay_groups, flat_params
@@ -86,7 +106,7 @@ BOARD_NOTE = (
     "(k_init 0.01) and alpha = 0, so each step updates at most 10% of the coordinates; at budgets of a few "
     "hundred steps from scratch that regime is far from the paper's. alpha > 0 (the official code's "
     "pre-training option) adds a share of the error feedback to every update."
-    " Board runs take the eager step (compile=False); the compiled step is faster (results/ratios/)."
+    " On CPU the step is optbench's C kernel (optimizer_impl 'native'; results/ratios/)."
 )
 
 
@@ -419,14 +439,121 @@ def _every_tensor(params, grads, states, layout, slots, whole: bool) -> None:
         microadam_tensor_(p, g, indices, values, error, tensor_layout, slots[slot], whole, shared[key])
 
 
+# ----------------------------------------------------------------------------- the C kernel's step
+
+
+class _Tensor(ctypes.Structure):
+    """``mtensor`` of ``kernels/microadam.c``: one tensor's memory and layout."""
+
+    _fields_ = [("n", ctypes.c_int64), ("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("codes", ctypes.c_void_p),
+                ("emin", ctypes.c_void_p), ("emax", ctypes.c_void_p), ("idx", ctypes.c_void_p),
+                ("vals", ctypes.c_void_p), ("K", ctypes.c_int64), ("full", ctypes.c_int64), ("B", ctypes.c_int64),
+                ("k", ctypes.c_int64), ("rest", ctypes.c_int64), ("k_rest", ctypes.c_int64), ("qbs", ctypes.c_int64),
+                ("idx32", ctypes.c_int64), ("group", ctypes.c_int64)]
+
+
+class _Group(ctypes.Structure):
+    """``mgroup``: the per-step numbers of one scalar slot (a param group at a step count)."""
+
+    _fields_ = [("w1", ctypes.c_void_p), ("w2", ctypes.c_void_p), ("m", ctypes.c_int64), ("slot", ctypes.c_int64),
+                ("bc1", ctypes.c_float), ("bc2", ctypes.c_float), ("eps", ctypes.c_float), ("decay", ctypes.c_float),
+                ("lr", ctypes.c_float), ("pad", ctypes.c_float)]
+
+
+def native_layout_ok(quant_block_size: int, alpha: float, quantize_error: bool) -> bool:
+    """Whether the C kernel implements a param group with these options: the 4-bit error, alpha = 0,
+    and an even quantization block (no byte of codes is shared by two blocks)."""
+    return quantize_error and alpha == 0 and quant_block_size % 2 == 0
+
+
+def scratch_row(numel: int, topk: tuple[int, int, int, int, int], qbs: int) -> int:
+    """Floats of the kernel's scratch per thread for a tensor: a top-k block's ``a``, its second
+    sums, k indices and a candidate list (8 bytes per element), or a quantization block's
+    residual; even, so that every thread's row starts 8-byte aligned."""
+    size, k = topk[1], topk[2]
+    row = max(4 * size + k + 2, min(qbs, numel) + 1)
+    return row + row % 2
+
+
+class NativeStep:
+    """MicroAdam's step through ``kernels/microadam.c``: every tensor in one call.
+
+    The tensors' descriptors are made once per set of tensors (a step plan keeps its state
+    tuples, so their identities name it) and only the gradients' addresses are set each step.
+    The kernel's per-thread scratch (a top-k block's ``a`` and second-moment sums, and a
+    quantization block's residual) is a torch tensor allocated for the call, so the memory
+    tracker counts it.
+    """
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.fn = library.optbench_microadam_step
+        self.fn.restype = ctypes.c_int
+        self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                            ctypes.c_int64]
+        self.key: tuple = ()
+        self.tensors = None
+        self.row = 0
+        self.windows: dict[int, int] = {}
+
+    def __call__(self, params, grads, states, layout, scalars) -> bool:
+        key = tuple(map(id, states)) + tuple(map(id, params))
+        if key != self.key:
+            if not self._describe(params, states, layout):
+                return False
+            self.key = key
+        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
+            return False
+        tensors = self.tensors
+        for i, g in enumerate(grads):
+            tensors[i].g = g.data_ptr()
+        keep, groups = [], (_Group * len(scalars))()
+        for i, numbers in enumerate(scalars):
+            window = self.windows[i]
+            _, w1, w2 = per_step(numbers, window, torch.device("cpu"))
+            keep += [w1, w2]  # alive until the call returns
+            bc1, bc2, eps, decay, lr = numbers[6:11]
+            groups[i] = _Group(w1.data_ptr(), w2.data_ptr(), window, int(numbers[1]), bc1, bc2, eps, decay, lr, 0.0)
+        threads = torch.get_num_threads()
+        scratch = torch.empty(threads * self.row, dtype=torch.float32)
+        if self.fn(len(grads), ctypes.addressof(tensors), ctypes.addressof(groups), scratch.data_ptr(), self.row,
+                   threads):
+            raise MemoryError("MicroAdam's C kernel could not allocate its work list")
+        return True
+
+    def dry_run(self, params, grads, states, layout, scalars) -> None:
+        """On fake tensors (a projection): the call's one torch allocation, its scratch."""
+        row = max(scratch_row(p.numel(), topk, qbs) for p, ((topk, qbs, *_), _) in zip(params, layout, strict=True))
+        torch.empty(torch.get_num_threads() * row, dtype=torch.float32, device=params[0].device)
+
+    def _describe(self, params, states, layout) -> bool:
+        """Fill the descriptors; False if a tensor is one the kernel does not take."""
+        tensors = (_Tensor * len(params))()
+        row, windows = 0, {}
+        for i, (p, state, ((topk, qbs, window, dense_share), slot)) in enumerate(zip(params, states, layout,
+                                                                                     strict=True)):
+            if (len(state) != 5 or dense_share or qbs % 2 or p.dtype != torch.float32 or p.device.type != "cpu"
+                    or not p.is_contiguous()):
+                return False
+            indices, values, codes, mins, maxs = state
+            full, size, k, rest, k_rest = topk
+            tensors[i] = _Tensor(p.numel(), p.data_ptr(), 0, codes.data_ptr(), mins.data_ptr(), maxs.data_ptr(),
+                                 indices.data_ptr(), values.data_ptr(), indices.shape[1], full, size, k, rest, k_rest,
+                                 qbs, int(indices.dtype == torch.int32), slot)
+            row = max(row, scratch_row(p.numel(), topk, qbs))
+            windows[slot] = window
+        self.tensors, self.row, self.windows = tensors, row, windows
+        return True
+
+
 # ----------------------------------------------------------------------------- the optimizer
 
 
 class MicroAdam(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
     """MicroAdam (Modoranu et al., NeurIPS 2024) in PyTorch; see the module docstring.
 
-    ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
-    whether the compiled or the eager step ran.
+    ``native=True`` (default) runs the C kernel where it applies, ``compile=True`` the step
+    through ``torch.compile`` instead; ``optbench_impl`` says which step ran ("native",
+    "compiled" or "eager").
     """
 
     def __init__(
@@ -442,17 +569,29 @@ class MicroAdam(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
         weight_decay: float = 0.0,
         alpha: float = 0.0,
         quantize_error: bool = True,
-        compile: bool = True,
+        compile: bool = False,
+        native: bool = True,
     ) -> None:
         check_microadam_hparams(lr, m, k_init, quant_block_size, topk_block_size, betas, eps, weight_decay, alpha)
         defaults = dict(lr=lr, m=int(m), k_init=k_init, quant_block_size=int(quant_block_size),
                         topk_block_size=int(topk_block_size), betas=tuple(betas), eps=eps,
                         weight_decay=weight_decay, alpha=alpha, quantize_error=bool(quantize_error))
         super().__init__(params, defaults)
-        self.optbench_impl = initial_impl(compile)
+        self.optbench_fallback_impl = initial_impl(compile)
+        self._native = None
+        if native and not (compile and compile_enabled()) and self._native_fits():
+            library = load_native("microadam")
+            self._native = NativeStep(library) if library is not None else None
+        self.optbench_impl = initial_impl(compile, native=self._native is not None)
+
+    def _native_fits(self) -> bool:
+        """Whether the C kernel implements every param group's options and takes every parameter."""
+        return all(native_layout_ok(g["quant_block_size"], g["alpha"], g["quantize_error"])
+                   and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in g["params"])
+                   for g in self.param_groups)
 
     def _step_pieces(self):
-        return _describe, _step_scalars, microadam_step, microadam_step_eager
+        return _describe, _step_scalars, microadam_step, microadam_step_eager, self._native
 
 
 def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
@@ -504,7 +643,7 @@ def check_microadam_hparams(lr: float, m: int, k_init: float, quant_block_size: 
 
 def build_microadam(model: nn.Module, lr: float, *, m=10, k_init=0.01, quant_block_size=100_000,
                     topk_block_size=INT16_BLOCK_LIMIT, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, alpha=0.0,
-                    quantize_error=True, impl="torch", compile=True) -> torch.optim.Optimizer:
+                    quantize_error=True, impl="torch", compile=False, native=True) -> torch.optim.Optimizer:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     check_microadam_hparams(lr, m, k_init, quant_block_size, topk_block_size, betas, eps, weight_decay, alpha)
@@ -513,7 +652,7 @@ def build_microadam(model: nn.Module, lr: float, *, m=10, k_init=0.01, quant_blo
         return _official(groups, lr, m, k_init, quant_block_size, betas, eps, weight_decay, alpha)
     return MicroAdam(groups, lr=lr, m=m, k_init=k_init, quant_block_size=quant_block_size,
                      topk_block_size=topk_block_size, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha,
-                     quantize_error=quantize_error, compile=compile)
+                     quantize_error=quantize_error, compile=compile, native=native)
 
 
 def official_unmet(params: Sequence[torch.Tensor]) -> str | None:

@@ -250,12 +250,14 @@ class _OpCounter(TorchDispatchMode):
 
 
 def eager_step_ops(name: str, rows: int, cols: int) -> int:
-    """Aten ops of the second eager step of ``name`` (registered defaults) on one fake (rows, cols) weight."""
+    """Aten ops of the second eager step of ``name`` (registered defaults, the torch step) on one fake
+    (rows, cols) weight."""
     spec = registry.get_optimizer(name)
     with fake_world(torch.float32), skip_init():
         model = nn.Linear(cols, rows, bias=False)
         model.weight.grad = torch.zeros_like(model.weight)
-        opt = spec.build(model, spec.default_lr, **spec.resolve_hparams({}))
+        # native=False: the eager torch step (on fake tensors the C kernel's step only allocates)
+        opt = spec.build(model, spec.default_lr, **spec.resolve_hparams({}), native=False)
         opt.step()  # the first step makes the state
         with _OpCounter() as counter:
             opt.step()

@@ -173,7 +173,8 @@ def test_eager_step_holds_less_than_one_float32_copy_of_a_tensor(monkeypatch) ->
     monkeypatch.setattr(microadam, "CHUNK_ELEMENTS", 1 << 12)
     torch.manual_seed(0)
     model = nn.Linear(256, 256, bias=False)  # 65536 elements: 16 top-k blocks, 66 quantization blocks
-    opt = MicroAdam(model.parameters(), lr=1e-3, topk_block_size=4096, quant_block_size=1000, compile=False)
+    opt = MicroAdam(model.parameters(), lr=1e-3, topk_block_size=4096, quant_block_size=1000, native=False)
+    assert opt.optbench_impl == "eager"
     model.weight.grad = torch.randn_like(model.weight)
     report = measure_optimizer_steps(model, opt, steps=2)
     assert 0 < report.raw_by_category["optimizer_scratch"] < 4 * model.weight.numel()
@@ -263,7 +264,8 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     monkeypatch.setenv("OPTBENCH_COMPILE", "1")
     model, ref = toy(), toy()
     kw = dict(k_init=0.2, quant_block_size=16, topk_block_size=20, weight_decay=0.1)
-    opt, eager = build_microadam(model, 1e-2, **kw), build_microadam(ref, 1e-2, compile=False, **kw)
+    opt = build_microadam(model, 1e-2, compile=True, **kw)
+    eager = build_microadam(ref, 1e-2, compile=False, native=False, **kw)
     assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
     graphs = compiled_graphs()
     train(model, opt, 5)
@@ -295,3 +297,147 @@ def test_param_groups_with_their_own_betas_and_window_step_as_each_group_alone()
     for q, r, q0 in zip(together, alone, start):
         assert not torch.equal(q.detach(), q0)  # it moved
         assert torch.equal(q.detach(), r.detach())
+
+
+# ----------------------------------------------------------------------------- the C kernel (native)
+
+NATIVE_CASES = [
+    # 150,000 elements: 4 top-k blocks and a shorter rest, 2 quantization blocks that cut across them
+    ([(300, 500), (33,)], {}),
+    ([(300, 500), (7,)], dict(weight_decay=0.1, betas=(0.8, 0.99))),
+    # an odd element count (the last byte of codes holds one code); blocks that do not divide it
+    ([(70001,), (129, 3)], dict(m=3, k_init=0.05, topk_block_size=1000, quant_block_size=998)),
+    ([(50000,)], dict(topk_block_size=40000)),  # int32 indices
+    ([(64, 64)], dict(k_init=1.0, m=2, quant_block_size=100)),  # every entry chosen
+]
+
+
+def _native_pair(shapes, kwargs):
+    torch.manual_seed(0)
+    native = [nn.Parameter(torch.randn(s)) for s in shapes]
+    eager = [nn.Parameter(p.detach().clone()) for p in native]
+    return (native, MicroAdam(native, lr=1e-2, **kwargs)), (eager, MicroAdam(eager, lr=1e-2, native=False, **kwargs))
+
+
+def _window_entries(state, block: int, full: int, k: int) -> list[list[tuple[int, int, float]]]:
+    """Each ring slot's (top-k block, index, value) entries, sorted: the kernel and torch.topk list
+    a block's k entries in different orders."""
+    indices, values = state["indices"].long(), state["values"].float()
+    columns = torch.arange(indices.shape[1]).div(k, rounding_mode="floor").clamp(max=full)
+    return [sorted(zip(columns.tolist(), row.tolist(), vals.tolist())) for row, vals in zip(indices, values)]
+
+
+@pytest.fixture(params=["this-cpu", "generic"])
+def kernel_build(request, monkeypatch, tmp_path):
+    """The kernel built for this CPU (the default: AVX-512 paths where the CPU has them) and with
+    the generic flags, whose scalar paths are the ones other CPUs run."""
+    from optbench.optimizers import _native
+
+    if request.param == "generic":
+        monkeypatch.setattr(_native, "ATTEMPTS", (_native.FLAGS + _native.OPENMP,))
+        monkeypatch.setenv("OPTBENCH_KERNEL_CACHE", str(tmp_path))
+        monkeypatch.setattr(_native, "_LOADED", {})
+    return request.param
+
+
+@pytest.mark.parametrize(("shapes", "kwargs"), NATIVE_CASES)
+def test_native_step_matches_eager(shapes, kwargs, kernel_build) -> None:
+    """The kernel's error codes, block minima and maxima and window equal the eager step's, and
+    its parameters agree to a few ulps (torch's CPU sqrt is not correctly rounded; the kernel's
+    is), over enough steps to fill and wrap the window."""
+    (native, fast), (eager, slow) = _native_pair(shapes, kwargs)
+    start = [p.detach().clone() for p in native]
+    assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(kwargs.get("m", 10) + 3):
+        for p, q in zip(native, eager, strict=True):
+            g = torch.randn(p.shape, generator=generator)
+            p.grad, q.grad = g.clone(), g.clone()
+        fast.step()
+        slow.step()
+    for p, q, p0 in zip(native, eager, start, strict=True):
+        a, b = fast.state[p], slow.state[q]
+        for key in ("error_codes", "error_min", "error_max"):
+            assert torch.equal(a[key], b[key]), key
+        full, size, k, _, _ = topk_layout(p.numel(), kwargs.get("topk_block_size", 32768), kwargs.get("k_init", 0.01))
+        assert _window_entries(a, size, full, k) == _window_entries(b, size, full, k)
+        moved = q.detach() - p0
+        assert moved.abs().max() > 0
+        # A few ulps of the parameter (sqrt's rounding, step after step), against how far it moved.
+        assert (p - q).abs().max() <= 1e-5 * moved.abs().max()
+
+
+def test_native_top_k_among_ties_is_a_top_k(kernel_build) -> None:
+    """Where many |a| tie, the kernel may choose other entries than torch.topk, but always k of the
+    largest: every chosen |a| is at least every unchosen one, and the error holds the rest."""
+    p = nn.Parameter(torch.zeros(5000))
+    opt = MicroAdam([p], lr=1e-3, k_init=0.1, topk_block_size=2500, quant_block_size=5000)
+    g = torch.tensor([1.0, -1.0, 2.0, -2.0, 0.5]).repeat(1000)  # 400 of |2| in each block of 2500, k = 250
+    p.grad = g.clone()
+    opt.step()
+    state = opt.state[p]
+    assert opt.optbench_impl == "native"
+    local = state["indices"][0].long()
+    chosen = local + torch.arange(local.numel()).div(250, rounding_mode="floor") * 2500
+    assert chosen.unique().numel() == 500
+    assert torch.equal(g[chosen].abs(), torch.full((500,), 2.0))
+    assert torch.equal(state["values"][0].float(), g[chosen])
+    error = dequantize4(state["error_codes"], state["error_min"], state["error_max"], 5000, 5000)
+    rest = g.clone()
+    rest[chosen] = 0
+    assert (error - rest).abs().max() <= (rest.max() - rest.min()) / 30 + 1e-6
+
+
+@pytest.mark.parametrize("kwargs", [dict(alpha=0.3), dict(quantize_error=False), dict(quant_block_size=999),
+                                    dict(native=False)])
+def test_options_the_kernel_lacks_take_the_torch_step(kwargs) -> None:
+    p = nn.Parameter(torch.randn(100))
+    opt = MicroAdam([p], lr=1e-3, **kwargs)
+    assert opt.optbench_impl == "eager"
+    p.grad = torch.randn(100)
+    opt.step()
+    assert opt.optbench_impl == "eager"
+
+
+def test_a_group_the_kernel_cannot_take_switches_to_the_torch_step_with_a_warning() -> None:
+    p, q = nn.Parameter(torch.randn(100)), nn.Parameter(torch.randn(50))
+    opt = MicroAdam([p], lr=1e-3)
+    assert opt.optbench_impl == "native"
+    p.grad = torch.randn(100)
+    opt.step()
+    opt.add_param_group({"params": [q], "alpha": 0.5})
+    q.grad = torch.randn(50)
+    with pytest.warns(UserWarning, match="C kernel cannot take"):
+        opt.step()
+    assert opt.optbench_impl == "eager"
+    assert opt.state[q]["step"] == 1
+
+
+def test_native_disabled_by_the_environment_or_a_missing_compiler(monkeypatch, tmp_path) -> None:
+    from optbench.optimizers import _native
+
+    monkeypatch.setenv("OPTBENCH_NATIVE", "0")
+    assert MicroAdam([nn.Parameter(torch.randn(10))]).optbench_impl == "eager"
+    monkeypatch.setenv("OPTBENCH_NATIVE", "1")
+    monkeypatch.setenv("OPTBENCH_KERNEL_CACHE", str(tmp_path))  # an empty cache: the kernel must be built
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(_native, "_LOADED", {})
+    with pytest.warns(UserWarning, match="no C compiler"):
+        opt = MicroAdam([nn.Parameter(torch.randn(10))])
+    assert opt.optbench_impl == "eager"
+    assert "no C compiler" in _native.why_unavailable("microadam")
+
+
+def test_native_scratch_is_counted_and_under_one_parameter(monkeypatch) -> None:
+    """The kernel's per-thread scratch is a torch tensor, so the memory tracker sees it; it holds a
+    few blocks per thread, under issue 13's limit of one parameter-sized float32 temporary."""
+    from optbench.memory import measure_optimizer_steps
+
+    torch.manual_seed(0)
+    model = nn.Linear(512, 512, bias=False)
+    opt = MicroAdam(model.parameters(), lr=1e-3, topk_block_size=8192, quant_block_size=4096)
+    model.weight.grad = torch.randn_like(model.weight)
+    report = measure_optimizer_steps(model, opt, steps=2)
+    assert opt.optbench_impl == "native"
+    scratch = report.raw_by_category["optimizer_scratch"]
+    assert 4 * (4 * 8192) <= scratch < 4 * model.weight.numel()
