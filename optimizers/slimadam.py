@@ -33,6 +33,7 @@ baseline compare optimizers, not recipes.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,11 +48,13 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     column_sums,
+    compile_enabled,
     decay_factor,
     ema_,
     initial_impl,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._native import load as load_native
 from torch import nn
 
 from optbench.model_info import ModelInfo, get_model_info
@@ -161,8 +164,9 @@ class SlimAdamW(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
 
     ``params`` is a list of tensors with ``axes`` aligned to it (one group), or param groups
     that each hold their own ``compress_axes``. The axes travel with ``state_dict``.
-    ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
-    whether the compiled or the eager step ran.
+    ``native=True`` (default) runs the C kernel where it applies, ``compile=True`` the step
+    through ``torch.compile`` instead; ``optbench_impl`` says which step ran ("native",
+    "compiled" or "eager").
     """
 
     def __init__(
@@ -173,7 +177,8 @@ class SlimAdamW(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
-        compile: bool = True,
+        compile: bool = False,
+        native: bool = True,
     ) -> None:
         check_lr(lr)
         check_betas(betas)
@@ -188,10 +193,20 @@ class SlimAdamW(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
             group["compress_axes"] = [None if a is None else tuple(a) for a in group_axes]
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(groups, defaults)
-        self.optbench_impl = initial_impl(compile)
+        self.optbench_fallback_impl = initial_impl(compile)
+        self._native = None
+        if native and not (compile and compile_enabled()) and self._native_fits():
+            library = load_native("slimadam")
+            self._native = NativeStep(library) if library is not None else None
+        self.optbench_impl = initial_impl(compile, native=self._native is not None)
+
+    def _native_fits(self) -> bool:
+        """Whether the C kernel takes every parameter: CPU float32, axes one run of consecutive dims."""
+        return all(p.device.type == "cpu" and p.dtype == torch.float32 and kernel_view(p.shape, axes) is not None
+                   for g in self.param_groups for p, axes in zip(g["params"], g["compress_axes"], strict=True))
 
     def _step_pieces(self):
-        return _describe, _step_scalars, slimadam_step, slimadam_step_foreach
+        return _describe, _step_scalars, slimadam_step, slimadam_step_foreach, self._native
 
 
 def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
@@ -254,6 +269,82 @@ def slimadam_step_foreach(params: list[torch.Tensor], grads: list[torch.Tensor],
         for k, i in enumerate(idx):  # a compressed denominator broadcasts: one op per tensor
             if layout[i][0] is not None:
                 params[i].addcdiv_(exp_avgs[i], denom[k], value=-step_size)
+
+
+# ----------------------------------------------------------------------------- the C kernel's step
+
+
+class _Tensor(ctypes.Structure):
+    """``stensor`` of ``kernels/slimadam.c``: a tensor as (outer, mid, inner), v averaged over mid."""
+
+    _fields_ = [("outer", ctypes.c_int64), ("mid", ctypes.c_int64), ("inner", ctypes.c_int64),
+                ("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("m", ctypes.c_void_p), ("v", ctypes.c_void_p),
+                ("full", ctypes.c_int64), ("group", ctypes.c_int64)]
+
+
+class _Group(ctypes.Structure):
+    """``sgroup``: a scalar slot's numbers, as float32 (what the torch step computes with)."""
+
+    _fields_ = [(name, ctypes.c_float) for name in ("b1", "one_minus_b1", "b2", "one_minus_b2", "eps", "step_size",
+                                                     "bc2_sqrt", "decay")]
+
+
+def kernel_view(shape: Sequence[int], axes: Axes) -> tuple[int, int, int] | None:
+    """(outer, mid, inner) of a tensor whose second moment is averaged over ``axes``: the dims
+    before, inside and after them; None when the axes are not one run of consecutive dims (the
+    kernel does not take those)."""
+    if axes is None:
+        return math.prod(shape), 1, 1
+    first, last = min(axes), max(axes)
+    if tuple(range(first, last + 1)) != tuple(axes):
+        return None
+    return math.prod(shape[:first]), math.prod(shape[first:last + 1]), math.prod(shape[last + 1:])
+
+
+class NativeStep:
+    """SlimAdam's step through ``kernels/slimadam.c``: every tensor in one call, the descriptors
+    made once per set of tensors, the gradients' addresses set each step."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.fn, self.items = library.optbench_slimadam_step, library.optbench_slimadam_items
+        self.fn.restype, self.items.restype = ctypes.c_int, ctypes.c_int64
+        self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        self.items.argtypes = [ctypes.c_int64, ctypes.c_void_p]
+        self.key: tuple = ()
+        self.tensors = self.work = None
+
+    def __call__(self, params, grads, states, layout, scalars) -> bool:
+        key = tuple(map(id, states)) + tuple(map(id, params))
+        if key != self.key:
+            if not self._describe(params, states, layout):
+                return False
+            self.key = key
+        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
+            return False
+        for i, g in enumerate(grads):
+            self.tensors[i].g = g.data_ptr()
+        groups = (_Group * len(scalars))()
+        for i, (b1, b2, eps, step_size, bc2_sqrt, decay) in enumerate(scalars):
+            groups[i] = _Group(b1, 1 - b1, b2, 1 - b2, eps, step_size, bc2_sqrt, decay)
+        self.fn(len(grads), ctypes.addressof(self.tensors), ctypes.addressof(groups), ctypes.addressof(self.work),
+                torch.get_num_threads())
+        return True
+
+    def dry_run(self, params, grads, states, layout, scalars) -> None:
+        """On fake tensors (a projection): the call makes no torch allocation (its per-item buffers,
+        two rows of at most ``COLS`` floats, live on the C stack)."""
+
+    def _describe(self, params, states, layout) -> bool:
+        tensors = (_Tensor * len(params))()
+        for i, (p, (m, v), (axes, slot)) in enumerate(zip(params, states, layout, strict=True)):
+            view = kernel_view(p.shape, axes)
+            if view is None or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
+                                   for t in (p, m, v)):
+                return False
+            tensors[i] = _Tensor(*view, p.data_ptr(), 0, m.data_ptr(), v.data_ptr(), int(axes is None), slot)
+        items = self.items(len(params), ctypes.addressof(tensors))
+        self.tensors, self.work = tensors, (ctypes.c_int64 * (5 * items))()
+        return True
 
 
 # ----------------------------------------------------------------------------- registration

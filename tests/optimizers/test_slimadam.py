@@ -206,6 +206,7 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     monkeypatch.setenv("OPTBENCH_COMPILE", "1")
     model, ref = toy(), toy()
     opt = build_slimadam(model, 1e-2, weight_decay=0.1, compile=True)
+    monkeypatch.setenv("OPTBENCH_NATIVE", "0")  # the reference: the eager torch step
     eager = build_slimadam(ref, 1e-2, weight_decay=0.1, compile=False)
     assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
     graphs = compiled_graphs()
@@ -214,3 +215,67 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
     assert compiled_graphs() - graphs == 1, "the step recompiled (a per-step number compiled in as a constant?)"
     assert_params_close(model, ref, 1e-6)
+
+
+# ----------------------------------------------------------------------------- the C kernel (native)
+
+NATIVE_SHAPES = [
+    ((300, 500), (0,)),  # fan-out: column sums over rows
+    ((64, 3000), (0,)),  # wider than the kernel's column strips (2048)
+    ((300, 500), (1,)),  # fan-in: one value per row
+    ((64, 8, 3, 3), (1,)),  # a conv's input channels: (outer, mid, inner) = (64, 8, 9)
+    ((64, 8, 3, 3), (1, 2, 3)),
+    ((7, 5, 9), (1,)),
+    ((1000,), None),  # kept full: Adam
+    ((50, 40), None),
+    ((37, 1, 5), (0, 1)),  # a dim of size 1 inside the axes
+]
+
+
+def test_native_step_matches_the_torch_step() -> None:
+    """The kernel's m, v and parameters agree with the eager (foreach) torch step to float rounding,
+    on every kind of axes, with weight decay, across two param groups with their own betas."""
+    def make(native: bool):
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(shape)) for shape, _ in NATIVE_SHAPES]
+        half = len(params) // 2
+        axes = [a for _, a in NATIVE_SHAPES]
+        groups = [{"params": params[:half], "compress_axes": axes[:half], "weight_decay": 0.1},
+                  {"params": params[half:], "compress_axes": axes[half:], "betas": (0.8, 0.99)}]
+        return params, SlimAdamW(groups, lr=1e-2, native=native)
+
+    (native, fast), (torch_params, slow) = make(True), make(False)
+    start = [p.detach().clone() for p in native]
+    assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        for p, q in zip(native, torch_params, strict=True):
+            g = torch.randn(p.shape, generator=generator)
+            p.grad, q.grad = g.clone(), g.clone()
+        fast.step()
+        slow.step()
+    for p, q, p0, (shape, axes) in zip(native, torch_params, start, NATIVE_SHAPES, strict=True):
+        for key in ("exp_avg", "exp_avg_sq"):
+            a, b = fast.state[p][key], slow.state[q][key]
+            assert a.shape == b.shape
+            assert (a - b).abs().max() <= 1e-6 * b.abs().max(), (shape, axes, key)
+        moved = (q - p0).detach()
+        assert (p - q).abs().max() <= 1e-5 * moved.abs().max(), (shape, axes)
+
+
+def test_axes_that_are_not_consecutive_take_the_torch_step() -> None:
+    p = nn.Parameter(torch.randn(4, 5, 6))
+    opt = SlimAdamW([p], [(0, 2)])
+    assert opt.optbench_impl == "eager"
+    p.grad = torch.randn(4, 5, 6)
+    opt.step()
+    assert opt.state[p]["exp_avg_sq"].shape == (1, 5, 1)
+
+
+def test_native_runs_by_default_and_trains() -> None:
+    model = toy()
+    opt = build_slimadam(model, 1e-2)
+    assert opt.optbench_impl == "native"
+    before = toy_loss(model, 0).item()
+    train(model, opt, 20)
+    assert toy_loss(model, 0).item() < before
