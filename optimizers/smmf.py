@@ -42,6 +42,7 @@ of one parameter-sized float32 temporary however large a tensor is (``block_rows
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -53,6 +54,7 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     column_sums,
+    compile_enabled,
     decay_factor,
     ema_,
     initial_impl,
@@ -60,6 +62,7 @@ from optbench.optimizers._common import (
     work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._native import load as load_native
 from torch import nn
 
 from optbench.param_groups import decay_groups
@@ -276,14 +279,119 @@ def _factored_in_blocks(param: torch.Tensor, grad: torch.Tensor, state: tuple[to
     _set_factors(row_v, col_v, row_sums_v, col_sums_v)
 
 
+# ----------------------------------------------------------------------------- the C kernel's step
+
+
+class _Tensor(ctypes.Structure):
+    """``ftensor`` of ``kernels/smmf.c``."""
+
+    _fields_ = [("rows", ctypes.c_int64), ("cols", ctypes.c_int64), ("p", ctypes.c_void_p), ("g", ctypes.c_void_p),
+                ("row_m", ctypes.c_void_p), ("col_m", ctypes.c_void_p), ("row_v", ctypes.c_void_p),
+                ("col_v", ctypes.c_void_p), ("sign", ctypes.c_void_p), ("exp_avg", ctypes.c_void_p),
+                ("exp_avg_sq", ctypes.c_void_p), ("plain", ctypes.c_int64), ("l2_term", ctypes.c_int64),
+                ("group_rows", ctypes.c_int64), ("first_item", ctypes.c_int64), ("group", ctypes.c_int64)]
+
+
+class _Group(ctypes.Structure):
+    """``fgroup``: a scalar slot's numbers, as float32."""
+
+    _fields_ = [(name, ctypes.c_float) for name in ("b1", "one_minus_b1", "b2", "one_minus_b2", "eps", "decay", "lr",
+                                                     "l2")]
+
+
+ITEM_ELEMENTS = 1 << 16  # elements per work item of the kernel, about
+
+
+def item_rows(rows: int, cols: int, plain: bool) -> int:
+    """Rows per item of the kernel: whole 32-row sign words, about ``ITEM_ELEMENTS`` elements
+    (plain tensors: elements per item)."""
+    if plain:
+        return ITEM_ELEMENTS
+    return max(SIGN_BITS, ITEM_ELEMENTS // cols // SIGN_BITS * SIGN_BITS)
+
+
+class NativeStep:
+    """SMMF's step through ``kernels/smmf.c``: every tensor in one call.
+
+    Its torch allocations, counted by the memory tracker: each item's column sums (2·cols floats
+    an item, about 8/32 bytes per element of a factorized tensor) and a row of sign words per
+    thread.
+    """
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.fn = library.optbench_smmf_step
+        self.fn.restype = ctypes.c_int
+        self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+        self.key: tuple = ()
+        self.tensors = None
+        self.items = self.stride = 0
+
+    def __call__(self, params, grads, states, layout, scalars) -> bool:
+        key = tuple(map(id, states)) + tuple(map(id, params))
+        if key != self.key:
+            if not self._describe(params, states, layout):
+                return False
+            self.key = key
+        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
+            return False
+        for i, g in enumerate(grads):
+            self.tensors[i].g = g.data_ptr()
+        groups = (_Group * len(scalars))()
+        for i, (b1, b2, eps, decay, lr, l2) in enumerate(scalars):
+            groups[i] = _Group(b1, 1 - b1, b2, 1 - b2, eps, decay, lr, l2)
+        threads = torch.get_num_threads()
+        colsums, words = self._scratch(threads, params[0].device)
+        self.fn(len(grads), ctypes.addressof(self.tensors), ctypes.addressof(groups), self.items, colsums.data_ptr(),
+                self.stride, words.data_ptr(), threads)
+        return True
+
+    def _scratch(self, threads: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.empty(self.items * self.stride, dtype=torch.float32, device=device),
+                torch.empty(threads * self.stride // 2, dtype=torch.int32, device=device))
+
+    def dry_run(self, params, grads, states, layout, scalars) -> None:
+        """On fake tensors (a projection): the call's torch allocations (``_scratch``), no arithmetic."""
+        self.items, self.stride = self._plan(params, layout)
+        self._scratch(torch.get_num_threads(), params[0].device)
+
+    @staticmethod
+    def _plan(params, layout) -> tuple[int, int]:
+        """(items over every tensor, floats of column sums per item)."""
+        items, cols = 0, 1
+        for p, (kind, _, _) in zip(params, layout, strict=True):
+            rows, width = p.shape if kind == FACTORED else (p.numel(), 1)
+            items += -(-rows // item_rows(rows, width, kind == PLAIN))
+            cols = max(cols, width if kind == FACTORED else 1)
+        return items, 2 * cols
+
+    def _describe(self, params, states, layout) -> bool:
+        tensors = (_Tensor * len(params))()
+        first = 0
+        for i, (p, state, (kind, l2_term, slot)) in enumerate(zip(params, states, layout, strict=True)):
+            if any(t.dtype not in (torch.float32, torch.int32) or t.device.type != "cpu" or not t.is_contiguous()
+                   for t in (p, *state)) or p.dtype != torch.float32:
+                return False
+            plain = kind == PLAIN
+            rows, cols = (p.numel(), 1) if plain else p.shape
+            per = item_rows(rows, cols, plain)
+            pointers = ([0] * 5 + [t.data_ptr() for t in state]) if plain else ([t.data_ptr() for t in state] + [0, 0])
+            tensors[i] = _Tensor(rows, cols, p.data_ptr(), 0, *pointers, int(plain), int(l2_term), per, first, slot)
+            first += -(-rows // per)
+        self.tensors = tensors
+        self.items, self.stride = self._plan(params, layout)
+        return True
+
+
 # ----------------------------------------------------------------------------- the optimizer
 
 
 class SMMF(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
     """SMMF (Park et al., AAAI 2025). ``decay_rate`` −0.5 suits CNNs, −0.8 Transformers (the authors).
 
-    ``compile=True`` (default) runs the step through ``torch.compile``; ``optbench_impl`` says
-    whether the compiled or the eager step ran.
+    ``native=True`` (default) runs the C kernel where it applies, ``compile=True`` the step
+    through ``torch.compile`` instead; ``optbench_impl`` says which step ran ("native",
+    "compiled" or "eager").
     """
 
     def __init__(
@@ -297,16 +405,23 @@ class SMMF(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
         growth_rate: float = 0.999,
         vector_reshape: bool = True,
         weight_decay_mode: str = "adamw",
-        compile: bool = True,
+        compile: bool = False,
+        native: bool = True,
     ) -> None:
         check_smmf_hparams(lr, beta, eps, weight_decay, decay_rate, growth_rate, weight_decay_mode)
         defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
-        self.optbench_impl = initial_impl(compile)
+        self.optbench_fallback_impl = initial_impl(compile)
+        self._native = None
+        if native and not (compile and compile_enabled()) and all(
+                p.device.type == "cpu" and p.dtype == torch.float32 for g in self.param_groups for p in g["params"]):
+            library = load_native("smmf")
+            self._native = NativeStep(library) if library is not None else None
+        self.optbench_impl = initial_impl(compile, native=self._native is not None)
 
     def _step_pieces(self):
-        return _describe, _step_scalars, smmf_step, smmf_step_eager
+        return _describe, _step_scalars, smmf_step, smmf_step_eager, self._native
 
 
 def _describe(p: torch.Tensor, group: dict, state: dict) -> Prepared:
@@ -354,11 +469,12 @@ def check_smmf_hparams(lr: float, beta: float, eps: float, weight_decay: float, 
 
 
 def build_smmf(model: nn.Module, lr: float, *, beta=0.9, eps=1e-8, weight_decay=0.0, decay_rate=-0.5,
-               growth_rate=0.999, vector_reshape=True, weight_decay_mode="adamw", compile=True) -> SMMF:
+               growth_rate=0.999, vector_reshape=True, weight_decay_mode="adamw", compile=False,
+               native=True) -> SMMF:
     check_smmf_hparams(lr, beta, eps, weight_decay, decay_rate, growth_rate, weight_decay_mode)
     return SMMF(decay_groups(model, weight_decay), lr=lr, beta=beta, eps=eps, weight_decay=weight_decay,
                 decay_rate=decay_rate, growth_rate=growth_rate, vector_reshape=vector_reshape,
-                weight_decay_mode=weight_decay_mode, compile=compile)
+                weight_decay_mode=weight_decay_mode, compile=compile, native=native)
 
 
 def smmf_param_state_bytes(param: torch.Tensor, vector_reshape: bool = True) -> int:

@@ -182,7 +182,7 @@ def test_blocks_of_rows_equal_the_whole_matrix(monkeypatch) -> None:
     """The eager step works on blocks of rows; with blocks of 32 rows it must equal one block."""
     model, ref = (nn.Linear(40, 80, bias=False) for _ in range(2))
     ref.load_state_dict(model.state_dict())
-    opt, whole = build_smmf(model, 1e-2, weight_decay=0.05), build_smmf(ref, 1e-2, weight_decay=0.05)
+    opt, whole = (build_smmf(m, 1e-2, weight_decay=0.05, native=False) for m in (model, ref))  # the torch step
     train(ref, whole, 4, loss_fn=wide_loss)
     monkeypatch.setattr(smmf, "CHUNK_ELEMENTS", 8)  # 3200 elements -> (64, 50): two blocks of 32 rows
     train(model, opt, 4, loss_fn=wide_loss)
@@ -249,8 +249,8 @@ def test_registration_and_state_bytes() -> None:
 def test_compiled_step_matches_eager(monkeypatch) -> None:
     monkeypatch.setenv("OPTBENCH_COMPILE", "1")
     model, ref = toy(), toy()
-    opt = build_smmf(model, 1e-2, weight_decay=0.05, decay_rate=-0.8)
-    eager = build_smmf(ref, 1e-2, weight_decay=0.05, decay_rate=-0.8, compile=False)
+    opt = build_smmf(model, 1e-2, weight_decay=0.05, decay_rate=-0.8, compile=True)
+    eager = build_smmf(ref, 1e-2, weight_decay=0.05, decay_rate=-0.8, native=False)
     assert (opt.optbench_impl, eager.optbench_impl) == ("compiled", "eager")
     graphs = compiled_graphs()
     train(model, opt, 5)
@@ -258,3 +258,60 @@ def test_compiled_step_matches_eager(monkeypatch) -> None:
     assert opt.optbench_impl == "compiled", "the compiled step fell back to eager"
     assert compiled_graphs() - graphs == 1, "the step recompiled (a per-step number compiled in as a constant?)"
     assert_close(model, ref, 1e-6)
+
+
+# ----------------------------------------------------------------------------- the C kernel (native)
+
+NATIVE_SHAPES = [(300, 500), (64, 8, 3, 3), (37,), (128,), (5, 3), (96, 64)]
+NATIVE_KWARGS = [{}, dict(weight_decay=0.1, decay_rate=-0.8),
+                 dict(weight_decay=0.1, weight_decay_mode="adam", vector_reshape=False)]
+
+
+@pytest.mark.parametrize("kwargs", NATIVE_KWARGS)
+def test_native_step_matches_the_torch_step(kwargs) -> None:
+    """The kernel's signs equal the torch step's and its factors, moments and parameters agree to
+    float rounding. (Its sums add in another order than torch's: where M lands within rounding
+    of 0, the two can pick different signs, after which that row and column differ by a sign's
+    worth; on these sizes and steps none does.)"""
+    def make(native: bool):
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(shape)) for shape in NATIVE_SHAPES]
+        return params, SMMF(params, lr=1e-2, native=native, **kwargs)
+
+    (native, fast), (torch_params, slow) = make(True), make(False)
+    start = [p.detach().clone() for p in native]
+    assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        for p, q in zip(native, torch_params, strict=True):
+            g = torch.randn(p.shape, generator=generator)
+            p.grad, q.grad = g.clone(), g.clone()
+        fast.step()
+        slow.step()
+    for p, q, p0, shape in zip(native, torch_params, start, NATIVE_SHAPES, strict=True):
+        a, b = fast.state[p], slow.state[q]
+        assert a.keys() == b.keys()
+        for key in set(a) - {"step"}:
+            if key == "sign":
+                assert torch.equal(a[key], b[key]), shape
+            else:
+                assert (a[key] - b[key]).abs().max() <= 1e-5 * b[key].abs().max(), (shape, key)
+        moved = (q - p0).detach()
+        assert moved.abs().max() > 0
+        assert (p - q).abs().max() <= 1e-4 * moved.abs().max(), shape
+
+
+def test_native_scratch_is_counted_and_under_one_parameter() -> None:
+    """The kernel's column sums per work item and its per-thread sign words are torch tensors, so
+    the memory tracker counts them; together under one parameter-sized float32 temporary."""
+    from optbench.memory import measure_optimizer_steps
+
+    torch.manual_seed(0)
+    model = nn.Linear(1024, 1024, bias=False)
+    opt = SMMF(model.parameters(), lr=1e-3)
+    model.weight.grad = torch.randn_like(model.weight)
+    report = measure_optimizer_steps(model, opt, steps=2)
+    assert opt.optbench_impl == "native"
+    items = 1024 // smmf.item_rows(1024, 1024, plain=False)
+    assert report.raw_by_category["optimizer_scratch"] >= items * 2 * 1024 * 4
+    assert report.raw_by_category["optimizer_scratch"] < 4 * model.weight.numel()
