@@ -224,7 +224,7 @@ class _Trained:
     optimizer_class: str
     state_bytes: int
     state_check: StateBytesCheck  # the spec's state formula against state_bytes
-    optimizer_impl: str | None = None  # which step ran, when the optimizer says (optbench_impl: compiled, eager)
+    optimizer_impl: str | None = None  # which step ran, if the optimizer says (optbench_impl: native, compiled, eager)
     n_params: int = 0  # trainable parameters: what the bandwidth bound is per
 
 

@@ -1,5 +1,5 @@
 """Pieces shared by optimizer modules: validation, analytic state sizes, the update pieces of
-Adam-like rules, and the compiled step of optbench's own optimizers.
+Adam-like rules, and the compiled and native steps of optbench's own optimizers.
 
 The update pieces are small named functions of the papers' notation (optax's style:
 ``scale_by_adam`` is an EMA, a bias correction and a decoupled decay), so that the step of
@@ -11,9 +11,13 @@ first call (inside the first steps, which the runner's warm-up excludes from tim
 compiled code is cached per (function, layout) for the whole process, so the runs of a grid
 that train the same model share it, and inductor's on-disk cache shares kernels between
 processes. Any failure to compile falls back to the same function run eagerly, with a
-warning; ``optimizer.optbench_impl`` says which one ran ("compiled" or "eager"), and the
-runner records it. Setting ``OPTBENCH_COMPILE=0`` runs every step eagerly (the test suite
+warning. Setting ``OPTBENCH_COMPILE=0`` runs every compiled step eagerly (the test suite
 does, so that it does not compile every toy model).
+
+The native step: on CPU float32 tensors, unless ``compile=True`` asks for the compiled one,
+each of the three runs a C kernel (``optimizers/kernels``, built by ``optimizers._native``)
+through :func:`run_step` as well. ``optimizer.optbench_impl`` says which step ran ("native",
+"compiled" or "eager"), and the runner records it.
 """
 
 from __future__ import annotations

@@ -12,12 +12,19 @@ compression axes K (a tuple of dims, or ``None``)::
 With ``K = None`` everywhere this is AdamW. Weight decay follows ``optbench.param_groups``
 (matrices and embeddings, not norms or biases: the reference's ">= 2 dims" rule, by role).
 
-The step is one function over every tensor (``slimadam_step``), which ``torch.compile`` can fuse
-(``optbench.optimizers._common.run_step``; the class compiles by default, the registered optimizer
-does not (``compile`` hyperparameter, False): on a 2-core CPU compiling costs minutes per model,
-more than a board run); the eager path does the same math with
-multi-tensor (``torch._foreach_*``) ops. Step counts are Python ints in the state (no tensor):
-reading them costs no host-device sync.
+Three implementations of the same step; ``optimizer.optbench_impl`` says which ran:
+
+- **native** (the default on CPU float32 parameters whose axes are one run of consecutive
+  dims): ``kernels/slimadam.c``, every tensor in one call, built on first use
+  (``optbench.optimizers._native``). A tensor is seen as (outer, mid, inner) with v averaged
+  over mid; per slab of whole rows it sums g*g over mid, updates v, then m and p in one pass,
+  so that the second read of the gradient comes from cache. Its sums add in another order than
+  torch's: v agrees to float rounding.
+- **compiled** (``compile=True``): ``slimadam_step`` through ``torch.compile``
+  (``optbench.optimizers._common.run_step``); the path for CUDA.
+- **eager**: the same math with multi-tensor (``torch._foreach_*``) ops.
+
+Step counts are Python ints in the state (no tensor): reading them costs no host-device sync.
 
 Axes come from one of:
 - static rules by layer role (the paper's Table 1; see ``ROLE_AXES``), built by

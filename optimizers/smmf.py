@@ -33,11 +33,21 @@ writes whole vectors of words with one shift; n is padded to a multiple of 32 (a
 unused bits per column, fewer bytes than the factors take). The step count is a Python int
 in the state (no tensor).
 
-The step is one function over every tensor, which ``torch.compile`` can fuse (``optbench.optimizers._common``;
-the class compiles by default, the registered optimizer does not (``compile`` hyperparameter,
-False): on a 2-core CPU compiling costs minutes per model, more than a board run);
-the eager path runs the same row function on blocks of rows, so that its scratch stays a fraction
-of one parameter-sized float32 temporary however large a tensor is (``block_rows``).
+Three implementations of the same step; ``optimizer.optbench_impl`` says which ran:
+
+- **native** (the default on CPU float32 parameters): ``kernels/smmf.c``, every tensor in one
+  call, built on first use (``optbench.optimizers._native``). It reads each element's gradient,
+  parameter and sign bit once: per 32-row group it rebuilds M and V from the old factors, writes
+  the signs and the parameter and keeps the row and column sums that become the new factors.
+  Its sums add in another order than torch's, so factors agree to float rounding; where M lands
+  within rounding of zero, the sign it stores can differ from the torch step's (as the compiled
+  step's can), and that row and column then differ by a sign's worth.
+- **compiled** (``compile=True``): one function over every tensor through ``torch.compile``
+  (``optbench.optimizers._common``); the path for CUDA. On a 2-core CPU compiling costs
+  minutes per model (``results/ratios/compile-topics.md``).
+- **eager**: the same row function run op by op on blocks of rows, so that its scratch stays a
+  fraction of one parameter-sized float32 temporary however large a tensor is (``block_rows``);
+  the reference the other two are tested against.
 """
 
 from __future__ import annotations
@@ -505,10 +515,7 @@ register_optimizer(
         # (4 + 4 + 4 bytes in float32) and read and write the packed sign (1/8 + 1/8); the factors
         # are O(sqrt(N)).
         bound_bytes_per_param=12.25,
-        board_note=(
-            "Board runs take the eager step (compile=False): compiling costs minutes per model on a 2-core "
-            "CPU, more than a whole run. The compiled step is several times faster; results/ratios/ has "
-            "both."),
+        board_note="On CPU the step is optbench's C kernel (optimizer_impl 'native'; results/ratios/).",
         description="SMMF: 1-bit sign + rank-1 factors of both moments on a square-matricized view",
     )
 )
