@@ -2,13 +2,14 @@
 
     python -m benchmarks.optimizer_ratios [--model topics|25m] [--json FILE] [--steps 30] [--warmup 5]
                                           [--optimizers a,b] [--device cpu] [--no-scratch] [--compiled]
+                                          [--torch-step]
 
 Per optimizer: the median ``optimizer.step()`` time, its ratio to fused AdamW's, the bytes per
 parameter one step must move (``bound_bytes_per_param`` on its spec), the step time over that
 bound at the machine's bandwidth (``optbench.bandwidth``), its state bytes over AdamW's, and
 the step's scratch memory (bytes a step allocates beyond the state, from the tensor-level
-memory tracker, ``optbench.memory.measure_optimizer_steps``, which runs the eager step: the
-compiled one is not traced) as a share of the largest parameter in float32.
+memory tracker, ``optbench.memory.measure_optimizer_steps``; it follows the native and eager
+steps, not the compiled one) as a share of the largest parameter in float32.
 
 Models: ``topics`` is the topics-gpt task's GPT (0.88M parameters, 69 tensors); ``25m`` is
 ``tasks._transformer.GPT`` with vocabulary 8192, context 256, 6 layers, d_model 512, 8 heads,
@@ -22,15 +23,19 @@ average before and after is printed and written, since the machine may be shared
 The JSON (``--json``) is ``{"optimizers": [{"optimizer", "step_ms", "step_ratio",
 "bound_bytes_per_param", "bound_ratio", "state_ratio", ...}], "model", "params",
 "bandwidth_gbs", ...}``; ``python -m benchmarks.ratio_table`` turns several into the median table
-published under results/ratios/. ``--compiled`` adds a row ``<name>+compiled`` for every
-optimizer with a ``compile`` hyperparameter (our own: the registered optimizers step eagerly,
-see their docstrings), built with ``compile=True``: the compile happens in the warm-up
-rounds. On CUDA each step is followed by ``torch.cuda.synchronize()``.
+published under results/ratios/. Our own optimizers' plain rows are their registered
+defaults, which on CPU step through their C kernels (``optimizers/kernels``; the ``impl``
+column says "native"). ``--compiled`` adds a row ``<name>+compiled`` for every optimizer with a
+``compile`` hyperparameter (our own), built with ``compile=True``: the compile happens in the
+warm-up rounds. ``--torch-step`` adds a row ``<name>+torch`` for every optimizer whose default
+is a C kernel, built with the kernels off (``OPTBENCH_NATIVE=0``): the torch step the kernel
+replaces, timed beside it. On CUDA each step is followed by ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -44,6 +49,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from optbench.optimizers._native import NATIVE_ENV
 from optbench.tasks._text import next_byte_loss
 from tabulate import tabulate
 from torch import nn
@@ -98,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-scratch", action="store_true", help="skip the memory tracker's scratch measurement")
     parser.add_argument("--compiled", action="store_true",
                         help="also time our own optimizers with compile=True (rows <name>+compiled)")
+    parser.add_argument("--torch-step", action="store_true",
+                        help="also time our own optimizers' torch step, kernels off (rows <name>+torch)")
     args = parser.parse_args(argv)
     if args.model not in MODELS:
         parser.error(f"--model {args.model!r} is not one of {', '.join(MODELS)}")
@@ -111,34 +119,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 COMPILED = "+compiled"
+TORCH_STEP = "+torch"
 
 
-def prepare(names: list[str], model_name: str, device: str,
-            compiled: bool = False) -> tuple[dict, list[tuple[str, str]]]:
+@contextlib.contextmanager
+def kernels_off(off: bool = True):
+    """Build optimizers with their C kernels off (``OPTBENCH_NATIVE=0``) inside the block."""
+    if not off:
+        yield
+        return
+    before = os.environ.get(NATIVE_ENV)
+    os.environ[NATIVE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[NATIVE_ENV]
+        else:
+            os.environ[NATIVE_ENV] = before
+
+
+def prepare(names: list[str], model_name: str, device: str, compiled: bool = False,
+            torch_step: bool = False) -> tuple[dict, list[tuple[str, str]]]:
     """Ready (spec, model, optimizer) per name with gradients in place; skipped names with reasons.
 
     ``compiled``: also ``<name>+compiled``, built with ``compile=True``, for each optimizer that has
-    a ``compile`` hyperparameter."""
+    a ``compile`` hyperparameter. ``torch_step``: also ``<name>+torch``, built with the C kernels
+    off, for each optimizer whose default row steps through one."""
     specs, ready, skipped = optimizers(), {}, []
-    wanted = [(name, False) for name in names]
+    wanted = [(name, "") for name in names]
     if compiled:
-        wanted += [(name, True) for name in names if "compile" in specs[name].resolve_hparams()]
-    for name, compile_ in wanted:
+        wanted += [(name, COMPILED) for name in names if "compile" in specs[name].resolve_hparams()]
+    if torch_step:
+        wanted += [(name, TORCH_STEP) for name in names]
+    for name, variant in wanted:
+        if variant == TORCH_STEP and getattr(ready.get(name, (None,) * 3)[2], "optbench_impl", None) != "native":
+            continue  # no kernel ran in the plain row: it is the torch step already
         spec = specs[name]
-        hparams = spec.resolve_hparams() | ({"compile": True} if compile_ else {})
-        name = name + COMPILED if compile_ else name
+        hparams = spec.resolve_hparams() | ({"compile": True} if variant == COMPILED else {})
         reason = spec.unavailable_reason(device)
         if reason is None:
             model = build(model_name, device)
             try:
-                optimizer = spec.build(model, spec.default_lr, **hparams)
+                with kernels_off(variant == TORCH_STEP):
+                    optimizer = spec.build(model, spec.default_lr, **hparams)
             except ValueError as exc:  # e.g. slimadam-snr without rules for this model
                 reason = str(exc)
         if reason is not None:
-            skipped.append((name, reason))
+            skipped.append((name + variant, reason))
             continue
         fill_gradients(model)
-        ready[name] = (spec, model, optimizer)
+        ready[name + variant] = (spec, model, optimizer)
     return ready, skipped
 
 
@@ -167,14 +198,15 @@ def measure(ready: dict, steps: int, warmup: int, device: str) -> tuple[dict[str
     return times, adds
 
 
-def step_scratch(spec, model_name: str, device: str) -> int | None:
+def step_scratch(spec, model_name: str, device: str, torch_step: bool = False) -> int | None:
     """Bytes one step allocates beyond params, grads and state (the tracker's peak scratch over 2 steps)."""
     from optbench.memory import measure_optimizer_steps
 
     model = build(model_name, device)
     fill_gradients(model)
     try:
-        optimizer = spec.build(model, spec.default_lr, **spec.resolve_hparams())
+        with kernels_off(torch_step):
+            optimizer = spec.build(model, spec.default_lr, **spec.resolve_hparams())
         report = measure_optimizer_steps(model, optimizer, steps=2)
     except Exception:  # noqa: BLE001 - a package the tracker cannot follow: no figure
         return None
@@ -222,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if BASELINE not in names:
         names.insert(0, BASELINE)
     load_before = os.getloadavg()
-    ready, skipped = prepare(names, args.model, args.device, args.compiled)
+    ready, skipped = prepare(names, args.model, args.device, args.compiled, args.torch_step)
     if BASELINE not in ready:
         raise SystemExit(f"baseline {BASELINE!r} cannot run here: {dict(skipped).get(BASELINE)}")
     times, adds = measure(ready, args.steps, args.warmup, args.device)
@@ -230,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = ready[BASELINE][1]
     n_params = sum(p.numel() for p in reference.parameters() if p.requires_grad)
     largest = max(p.numel() for p in reference.parameters())
-    # the tracker runs the eager step (a dispatch mode is not traced by torch.compile): no row of its own
-    scratch = {} if args.no_scratch else {name: step_scratch(spec, args.model, args.device)
+    # the tracker follows the native and eager steps, not a compiled one (no "+compiled" figure)
+    scratch = {} if args.no_scratch else {name: step_scratch(spec, args.model, args.device, name.endswith(TORCH_STEP))
                                           for name, (spec, _, _) in ready.items() if not name.endswith(COMPILED)}
     rows = rows_for(ready, times, adds, scratch, n_params, largest)
     bandwidth = add_bytes(BANDWIDTH_NUMEL) / statistics.median(adds)
