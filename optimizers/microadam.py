@@ -42,8 +42,9 @@ runner records it:
   residual and writes its codes. Its scratch is a few blocks per thread. torch ops cannot reach
   the memory bandwidth here: ``torch.topk`` alone costs 5x fused AdamW's step on a 27M model
   (``results/ratios/microadam-floor.md``). The kernel's error codes and window equal the eager
-  step's; parameters agree to an ulp (torch's CPU ``sqrt`` is not correctly rounded, the kernel's
-  is), except that among entries tied in ``|a|`` at the k-th place the two may choose differently
+  step's; parameters agree to a few ulps (the kernel multiplies by the bias corrections'
+  reciprocals, and its ``sqrt`` is correctly rounded where torch's CPU one is not), except that
+  among entries tied in ``|a|`` at the k-th place the two may choose differently
   (``torch.topk``'s choice among ties is unspecified). ``alpha > 0``, ``quantize_error=False``,
   an odd ``quant_block_size`` and other devices or dtypes take a torch step.
 - **compiled** (``compile=True``): one function over every tensor, which ``torch.compile`` fuses
@@ -466,12 +467,17 @@ def native_layout_ok(quant_block_size: int, alpha: float, quantize_error: bool) 
     return quantize_error and alpha == 0 and quant_block_size % 2 == 0
 
 
-def scratch_row(numel: int, topk: tuple[int, int, int, int, int], qbs: int) -> int:
-    """Floats of the kernel's scratch per thread for a tensor: a top-k block's ``a``, its second
-    sums, k indices and a candidate list (8 bytes per element), or a quantization block's
-    residual; even, so that every thread's row starts 8-byte aligned."""
-    size, k = topk[1], topk[2]
-    row = max(4 * size + k + 2, min(qbs, numel) + 1)
+def scratch_row(tensors: Iterable[tuple[int, tuple[int, int, int, int, int], int]]) -> int:
+    """Floats of the kernel's scratch per thread for tensors of (numel, top-k layout, qbs): for the
+    largest top-k block B and k, ``a`` and the window's two sums (3B), k indices and a candidate
+    list (8 bytes per element), or the largest quantization block's residual and a byte mask of
+    it (``phase1_layout`` in the kernel); even, so that every thread's row starts 8-byte aligned."""
+    items = list(tensors)
+    size = max(topk[1] for _, topk, _ in items)
+    k = max(topk[2] for _, topk, _ in items)
+    chosen = k + k % 2 + 1
+    quant = max(min(qbs, numel) for numel, _, qbs in items)
+    row = max(5 * size + chosen + 1, quant + -(-quant // 4))  # phase 2: a block's residual, then its mask bytes
     return row + row % 2
 
 
@@ -515,20 +521,22 @@ class NativeStep:
             groups[i] = _Group(w1.data_ptr(), w2.data_ptr(), window, int(numbers[1]), bc1, bc2, eps, decay, lr, 0.0)
         threads = torch.get_num_threads()
         scratch = torch.empty(threads * self.row, dtype=torch.float32)
-        if self.fn(len(grads), ctypes.addressof(tensors), ctypes.addressof(groups), scratch.data_ptr(), self.row,
-                   threads):
-            raise MemoryError("MicroAdam's C kernel could not allocate its work list")
+        status = self.fn(len(grads), ctypes.addressof(tensors), ctypes.addressof(groups), scratch.data_ptr(),
+                         self.row, threads)
+        if status:
+            raise RuntimeError(f"MicroAdam's C kernel failed (status {status}: "
+                               f"{'no memory for its work list' if status == 1 else 'scratch too small'})")
         return True
 
     def dry_run(self, params, grads, states, layout, scalars) -> None:
         """On fake tensors (a projection): the call's one torch allocation, its scratch."""
-        row = max(scratch_row(p.numel(), topk, qbs) for p, ((topk, qbs, *_), _) in zip(params, layout, strict=True))
+        row = scratch_row((p.numel(), topk, qbs) for p, ((topk, qbs, *_), _) in zip(params, layout, strict=True))
         torch.empty(torch.get_num_threads() * row, dtype=torch.float32, device=params[0].device)
 
     def _describe(self, params, states, layout) -> bool:
         """Fill the descriptors; False if a tensor is one the kernel does not take."""
         tensors = (_Tensor * len(params))()
-        row, windows = 0, {}
+        windows = {}
         for i, (p, state, ((topk, qbs, window, dense_share), slot)) in enumerate(zip(params, states, layout,
                                                                                      strict=True)):
             if (len(state) != 5 or dense_share or qbs % 2 or p.dtype != torch.float32 or p.device.type != "cpu"
@@ -539,8 +547,8 @@ class NativeStep:
             tensors[i] = _Tensor(p.numel(), p.data_ptr(), 0, codes.data_ptr(), mins.data_ptr(), maxs.data_ptr(),
                                  indices.data_ptr(), values.data_ptr(), indices.shape[1], full, size, k, rest, k_rest,
                                  qbs, int(indices.dtype == torch.int32), slot)
-            row = max(row, scratch_row(p.numel(), topk, qbs))
             windows[slot] = window
+        row = scratch_row((p.numel(), topk, qbs) for p, ((topk, qbs, *_), _) in zip(params, layout, strict=True))
         self.tensors, self.row, self.windows = tensors, row, windows
         return True
 

@@ -90,6 +90,20 @@ def test_ratio_benchmark_can_add_the_compiled_step_of_our_own_optimizers(monkeyp
     assert ready["smmf+compiled"][2].optbench_impl == "compiled"
 
 
+def test_ratio_benchmark_can_add_the_torch_step_beside_each_kernel() -> None:
+    import os
+
+    from benchmarks import optimizer_ratios
+
+    before = os.environ.get("OPTBENCH_NATIVE")
+    ready, skipped = optimizer_ratios.prepare(["adamw", "smmf", "lion"], "topics", "cpu", torch_step=True)
+    assert not skipped
+    # only smmf steps through a C kernel: it alone gets a torch-step row, built with the kernels off
+    assert set(ready) == {"adamw", "smmf", "smmf+torch", "lion"}
+    assert (ready["smmf"][2].optbench_impl, ready["smmf+torch"][2].optbench_impl) == ("native", "eager")
+    assert os.environ.get("OPTBENCH_NATIVE") == before  # the kernels are back on after the build
+
+
 def test_microadam_floor_times_the_steps_library_calls_on_its_own_layout(tmp_path) -> None:
     import torch
 

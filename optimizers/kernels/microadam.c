@@ -7,17 +7,20 @@
  *     a = g + dequant(e) for the block, into a per-thread buffer;
  *     the k largest |a| by a min-heap of size k (one scan; ties keep the earlier element);
  *     their block-local indices and bf16 values into the ring slot;
- *     p *= 1 - lr*wd; then the window's two weighted sums on the block's support, in a
- *     per-thread buffer, and p -= lr * m_hat / (sqrt(v_hat) + eps) there, once per index.
+ *     p *= 1 - lr*wd; then the window's two weighted sums on the block's support, in per-thread
+ *     buffers kept zero off it, and p -= lr * m_hat / (sqrt(v_hat) + eps) there, once per index.
  *   phase 2, per quantization block (in parallel):
  *     the residual g + dequant(e) with the chosen entries zeroed, recomputed (reading g again
- *     costs less than writing and reading a dense buffer), its bf16 min and max, and its
- *     4-bit codes, written over the old ones (phase 1 read them, and no other block reads them).
+ *     costs less than writing and reading a dense buffer), with its range in the same pass, its
+ *     bf16 min and max, and its 4-bit codes, written over the old ones (phase 1 read them, and
+ *     no other block reads them).
  *
- * Every float operation is the torch code's, in its order and with its roundings (no
- * contraction into fused multiply-adds: built with -ffp-contract=off), so the error codes, the
- * window and the parameters come out bit-equal to the eager step's, except where |a| ties at
- * the k-th place (torch.topk's choice among ties is unspecified). The build and its use:
+ * Every float operation that decides the window and the error is the torch code's, in its
+ * order and with its roundings (no fused multiply-adds: built with -ffp-contract=off), so the
+ * error codes and the window come out equal to the eager step's, except where |a| ties at the
+ * k-th place (torch.topk's choice among ties is unspecified). The update differs by a few ulps:
+ * it multiplies by the reciprocals of the bias corrections where torch divides, and its sqrt is
+ * correctly rounded where torch's CPU sqrt is not. The build and its use:
  * optbench.optimizers._native. */
 #include <float.h>
 #include <math.h>
@@ -232,13 +235,31 @@ static void top_k_abs(const float *restrict a, int64_t len, int64_t kk, uint64_t
     for (int64_t j = 0; j < kk; j++) out[j] = (int32_t)~(uint32_t)cand[j];
 }
 
-/* Phase 1 for block b of tensor t; scratch holds 4*B + k + 1 floats. */
-static void block_step(const mtensor *t, const mgroup *gr, int64_t b, float *scratch) {
+/* Where a thread's phase-1 scratch puts its buffers, for blocks of at most ``bmax`` elements
+ * and ``kmax`` chosen: a (bmax), first and second (bmax each; zero between blocks), the chosen
+ * indices (kmax, padded to even) and the candidates (bmax composites of 8 bytes). */
+typedef struct {
+    int64_t first, second, chosen, cand, floats;
+} layout1;
+
+static layout1 phase1_layout(int64_t bmax, int64_t kmax) {
+    layout1 l;
+    l.first = bmax;
+    l.second = 2 * bmax;
+    l.chosen = 3 * bmax;
+    l.cand = l.chosen + kmax + (kmax & 1);
+    l.cand += l.cand & 1; /* 8-byte aligned: rows are */
+    l.floats = l.cand + 2 * bmax;
+    return l;
+}
+
+/* Phase 1 for block b of tensor t; ``first`` and ``second`` are zero on entry and on return. */
+static void block_step(const mtensor *t, const mgroup *gr, int64_t b, float *scratch, const layout1 *l) {
     int64_t start = b * t->B, len = b < t->full ? t->B : t->rest, kk = b < t->full ? t->k : t->k_rest;
     int64_t col0 = b * t->k, m = gr->m, K = t->K;
-    float *a = scratch, *second = scratch + t->B;
-    int32_t *hi = (int32_t *)(scratch + 2 * t->B);
-    uint64_t *cand = (uint64_t *)(hi + t->k + (t->k & 1)); /* 8-byte aligned: scratch is */
+    float *a = scratch, *first = scratch + l->first, *second = scratch + l->second;
+    int32_t *hi = (int32_t *)(scratch + l->chosen);
+    uint64_t *cand = (uint64_t *)(scratch + l->cand);
 
     error_plus_grad(t, start, len, a);
     top_k_abs(a, len, kk, cand, hi);
@@ -259,40 +280,47 @@ static void block_step(const mtensor *t, const mgroup *gr, int64_t b, float *scr
         (void)keep;
     }
 
-    /* The window's sums on the support, slot by slot in slot order (index_add_'s order). */
-    for (int64_t s = 0; s < m; s++)
-        for (int64_t j = 0; j < kk; j++) {
-            int64_t i = get_index(t, s * K + col0 + j);
-            a[i] = 0.0f;
-            second[i] = 0.0f;
-        }
+    /* The window's sums on the support, slot by slot in slot order (index_add_'s order), into
+     * buffers that are zero outside the support. */
     for (int64_t s = 0; s < m; s++) {
         float w1 = gr->w1[s], w2 = gr->w2[s];
         for (int64_t j = 0; j < kk; j++) {
             int64_t pos = s * K + col0 + j, i = get_index(t, pos);
             float v = bf16_to_float(t->vals[pos]);
-            a[i] = a[i] + v * w1;
+            first[i] = first[i] + v * w1;
             second[i] = second[i] + (v * v) * w2;
         }
     }
+    /* The update, once per index: the first entry of an index uses its sums and zeroes them, so a
+     * repeat of it (the same index chosen in another slot) finds zeros and changes nothing
+     * (0 / (sqrt(0) + eps) = 0), and the buffers are zero again for the next block. */
+    const float inv1 = 1.0f / gr->bc1, inv2 = 1.0f / gr->bc2, eps = gr->eps, lr = gr->lr;
     for (int64_t s = 0; s < m; s++)
         for (int64_t j = 0; j < kk; j++) {
             int64_t i = get_index(t, s * K + col0 + j);
-            if (second[i] < 0.0f) continue; /* this index was updated already (sums are >= 0) */
-            float first = a[i] / gr->bc1;
-            float denom = sqrtf(second[i] / gr->bc2) + gr->eps;
-            float update = (first / denom) * gr->lr;
-            p[i] = p[i] - update;
-            second[i] = -1.0f;
+            float f = first[i] * inv1;
+            float denom = sqrtf(second[i] * inv2) + eps;
+            p[i] = p[i] - (f / denom) * lr;
+            first[i] = 0.0f;
+            second[i] = 0.0f;
         }
 }
 
-/* Phase 2 for quantization block q of tensor t; scratch holds qbs floats. */
-static void quant_block_step(const mtensor *t, const mgroup *gr, int64_t q, float *scratch) {
-    int64_t lo = q * t->qbs, hi = lo + t->qbs;
-    if (hi > t->n) hi = t->n;
-    int64_t len = hi - lo;
-    error_plus_grad(t, lo, len, scratch);
+static inline int32_t order_key(float x) { /* order-preserving: -0 sorts just below +0 */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (int32_t)u ^ (int32_t)((uint32_t)((int32_t)u >> 31) >> 1);
+}
+
+static inline uint8_t code_of(float x, float qlo, float scale) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23: x + magic - magic rounds x half to even */
+    float c = ((x - qlo) / scale + magic) - magic;
+    c = c < 0.0f ? 0.0f : c;
+    return (uint8_t)(int32_t)(c > 15.0f ? 15.0f : c);
+}
+
+/* Set (1) or clear (0) ``mask`` at the chosen entries of quantization block [lo, hi). */
+static void mark_chosen(const mtensor *t, const mgroup *gr, int64_t lo, int64_t hi, uint8_t *mask, uint8_t value) {
     int64_t nblocks = t->full + (t->rest > 0);
     int64_t first_block = lo / t->B, last_block = (hi - 1) / t->B;
     if (last_block >= nblocks) last_block = nblocks - 1;
@@ -300,47 +328,61 @@ static void quant_block_step(const mtensor *t, const mgroup *gr, int64_t q, floa
         int64_t kk = b < t->full ? t->k : t->k_rest, row = gr->slot * t->K + b * t->k;
         for (int64_t j = 0; j < kk; j++) {
             int64_t i = b * t->B + get_index(t, row + j);
-            if (i >= lo && i < hi) scratch[i - lo] = 0.0f;
+            if (i >= lo && i < hi) mask[i - lo] = value;
         }
     }
-    /* min and max through order-preserving integer keys (vectorizes; -0 sorts below +0). */
-    const uint32_t *bits = (const uint32_t *)scratch;
+}
+
+/* Phase 2 for quantization block q of tensor t: ``scratch`` holds min(qbs, n) floats, ``mask``
+ * as many bytes, all zero on entry and on return. */
+static void quant_block_step(const mtensor *t, const mgroup *gr, int64_t q, float *restrict scratch,
+                             uint8_t *restrict mask) {
+    int64_t lo = q * t->qbs, hi = lo + t->qbs;
+    if (hi > t->n) hi = t->n;
+    int64_t len = hi - lo;
+    mark_chosen(t, gr, lo, hi, mask, 1);
+    /* The residual (g + e, the chosen entries zeroed), and its range, in one pass. */
+    error_plus_grad(t, lo, len, scratch);
     int32_t kmin = INT32_MAX, kmax = INT32_MIN;
     for (int64_t j = 0; j < len; j++) {
-        int32_t key = (int32_t)bits[j] ^ (int32_t)((uint32_t)((int32_t)bits[j] >> 31) >> 1);
+        float x = mask[j] ? 0.0f : scratch[j];
+        scratch[j] = x;
+        int32_t key = order_key(x);
         kmin = key < kmin ? key : kmin;
         kmax = key > kmax ? key : kmax;
     }
+    mark_chosen(t, gr, lo, hi, mask, 0);
     uint16_t mn16 = float_to_bf16(key_to_float(kmin)), mx16 = float_to_bf16(key_to_float(kmax));
     t->emin[q] = mn16;
     t->emax[q] = mx16;
     float qlo = bf16_to_float(mn16), qhi = bf16_to_float(mx16);
     float scale = (qhi - qlo) / 15.0f;
     if (!(scale >= FLT_MIN)) scale = FLT_MIN; /* clamp_min(tiny) */
-    const float magic = 12582912.0f;          /* 1.5 * 2^23: x + magic - magic rounds x half to even */
-    /* The codes, in place of the residual (as floats), then packed two per byte. */
-    for (int64_t j = 0; j < len; j++) {
-        float c = ((scratch[j] - qlo) / scale + magic) - magic;
-        c = c < 0.0f ? 0.0f : c;
-        scratch[j] = c > 15.0f ? 15.0f : c;
-    }
     uint8_t *restrict codes = t->codes + lo / 2;
     int64_t pairs = len / 2;
     for (int64_t j = 0; j < pairs; j++)
-        codes[j] = (uint8_t)((int32_t)scratch[2 * j] | ((int32_t)scratch[2 * j + 1] << 4));
-    if (len % 2) codes[pairs] = (uint8_t)(int32_t)scratch[len - 1];
+        codes[j] = (uint8_t)(code_of(scratch[2 * j], qlo, scale) | (code_of(scratch[2 * j + 1], qlo, scale) << 4));
+    if (len % 2) codes[pairs] = code_of(scratch[len - 1], qlo, scale);
 }
 
 /* One MicroAdam step of ``count`` tensors. ``scratch``: ``threads`` rows of ``row`` floats
- * (row >= 4*B + k + 1 and >= qbs of every tensor, even); the caller allocates it, so that memory
- * tracking sees it. Returns 0. */
+ * (even; at least phase1_layout's floats and every tensor's min(qbs, n)); the caller allocates
+ * it, so that memory tracking sees it. Returns 0, 1 when the work list cannot be allocated, 2
+ * when the scratch is too small. */
 int optbench_microadam_step(int64_t count, const mtensor *tensors, const mgroup *groups, float *scratch,
                             int64_t row, int64_t threads) {
-    int64_t blocks = 0, qblocks = 0;
+    int64_t blocks = 0, qblocks = 0, bmax = 1, kmax = 1, qmax = 1;
     for (int64_t t = 0; t < count; t++) {
         blocks += tensors[t].full + (tensors[t].rest > 0);
         qblocks += (tensors[t].n + tensors[t].qbs - 1) / tensors[t].qbs;
+        bmax = tensors[t].B > bmax ? tensors[t].B : bmax;
+        kmax = tensors[t].k > kmax ? tensors[t].k : kmax;
+        int64_t q = tensors[t].qbs < tensors[t].n ? tensors[t].qbs : tensors[t].n;
+        qmax = q > qmax ? q : qmax;
     }
+    layout1 l = phase1_layout(bmax, kmax);
+    /* phase 2: a quantization block's residual (qmax floats), then its mask (qmax bytes) */
+    if (row < l.floats || row < qmax + (qmax + 3) / 4 || row % 2) return 2; /* the caller's scratch is too small */
     int64_t *work = malloc(sizeof(int64_t) * 2 * (blocks + qblocks));
     if (!work) return 1;
     int64_t *qwork = work + 2 * blocks, w = 0, qw = 0;
@@ -365,19 +407,22 @@ int optbench_microadam_step(int64_t count, const mtensor *tensors, const mgroup 
 #else
         float *mine = scratch;
 #endif
+        memset(mine + l.first, 0, sizeof(float) * 2 * bmax); /* first and second start at zero */
+        uint8_t *mask = (uint8_t *)(mine + qmax);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t i = 0; i < blocks; i++) {
             const mtensor *t = &tensors[work[2 * i]];
-            block_step(t, &groups[t->group], work[2 * i + 1], mine);
+            block_step(t, &groups[t->group], work[2 * i + 1], mine, &l);
         }
+        memset(mask, 0, (size_t)qmax); /* over phase 1's buffers: zero it once the phase is done */
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t i = 0; i < qblocks; i++) {
             const mtensor *t = &tensors[qwork[2 * i]];
-            quant_block_step(t, &groups[t->group], qwork[2 * i + 1], mine);
+            quant_block_step(t, &groups[t->group], qwork[2 * i + 1], mine, mask);
         }
     }
     free(work);
