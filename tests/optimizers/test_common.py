@@ -100,11 +100,14 @@ def test_compiled_chunks_share_a_graph_per_distinct_key(monkeypatch) -> None:
     assert len(made) == 1
 
 
-def test_the_run_record_says_which_step_ran() -> None:
+def test_the_run_record_says_which_step_ran(monkeypatch) -> None:
     from optbench.runner import run_one
 
     record = run_one("digits-mlp", "smmf", preset="smoke", measure_memory_pass=False)
-    assert record["status"] == "ok" and record["optimizer_impl"] == "eager"  # the suite steps eagerly
+    assert record["status"] == "ok" and record["optimizer_impl"] == "native"  # the registered default on CPU
+    monkeypatch.setenv("OPTBENCH_NATIVE", "0")
+    record = run_one("digits-mlp", "smmf", preset="smoke", measure_memory_pass=False)
+    assert record["status"] == "ok" and record["optimizer_impl"] == "eager"  # kernels off (the suite never compiles)
 
 
 def test_chunks_split_every_16_tensors_of_a_large_model_and_gather_a_small_one() -> None:
