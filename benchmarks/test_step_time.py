@@ -5,7 +5,7 @@ are excluded (pytest-benchmark ``pedantic``). Not collected by the default run (
 tests). Save a baseline, then compare a later run against it and fail on a slowdown:
 
     pytest benchmarks/test_step_time.py --benchmark-save=baseline
-    pytest benchmarks/test_step_time.py --benchmark-compare=0001 --benchmark-compare-fail=min:50%
+    pytest benchmarks/test_step_time.py --benchmark-compare --benchmark-compare-fail=min:50%
 
 The regression gate is the fastest step over the rounds (min): a run fails when an
 optimizer's min is more than 50% above the saved baseline's (pytest-benchmark compares each
