@@ -30,6 +30,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 NATIVE_ENV = "OPTBENCH_NATIVE"
 CACHE_ENV = "OPTBENCH_KERNEL_CACHE"
 KERNELS = Path(__file__).with_name("kernels")
@@ -127,6 +129,44 @@ def load(name: str) -> ctypes.CDLL | None:
             warnings.warn(f"optbench: the C kernel {name!r} is unavailable ({exc}); its optimizer takes the torch step",
                           stacklevel=2)
     return _LOADED[name]
+
+
+class KernelStep:
+    """The Python side of a kernel's step over every tensor (``run_step``'s ``native_fn``).
+
+    The tensors' descriptors (a ctypes array of the kernel's struct, one per tensor, with a
+    field ``g``) are made once per set of tensors, named by the identities of their state tuples
+    and parameters (a step plan keeps them from step to step); each call then only sets the
+    gradients' addresses and runs the kernel. A call returns False, before changing anything,
+    when the kernel cannot take a tensor. Subclasses fill ``_describe`` and ``_run``.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.tensors = None
+
+    def __call__(self, params, grads, states, layout, scalars) -> bool:
+        key = tuple(map(id, states)) + tuple(map(id, params))
+        if key != self.key:
+            if not self._describe(params, states, layout):
+                return False
+            self.key = key
+        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
+            return False
+        for i, g in enumerate(grads):
+            self.tensors[i].g = g.data_ptr()
+        self._run(params, layout, scalars)
+        return True
+
+    def dry_run(self, params, grads, states, layout, scalars) -> None:
+        """On fake tensors (a projection): the torch allocations a call would make, no arithmetic."""
+
+    def _describe(self, params, states, layout) -> bool:
+        """Fill ``self.tensors``; False if a tensor is one the kernel does not take."""
+        raise NotImplementedError
+
+    def _run(self, params, layout, scalars) -> None:
+        raise NotImplementedError
 
 
 def why_unavailable(name: str) -> str | None:

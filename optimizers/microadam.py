@@ -90,6 +90,7 @@ from optbench.optimizers._common import (
     work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._native import KernelStep
 from optbench.optimizers._native import load as load_native
 from torch import nn
 
@@ -481,37 +482,24 @@ def scratch_row(tensors: Iterable[tuple[int, tuple[int, int, int, int, int], int
     return row + row % 2
 
 
-class NativeStep:
+class NativeStep(KernelStep):
     """MicroAdam's step through ``kernels/microadam.c``: every tensor in one call.
 
-    The tensors' descriptors are made once per set of tensors (a step plan keeps its state
-    tuples, so their identities name it) and only the gradients' addresses are set each step.
-    The kernel's per-thread scratch (a top-k block's ``a`` and second-moment sums, and a
-    quantization block's residual) is a torch tensor allocated for the call, so the memory
-    tracker counts it.
+    The kernel's per-thread scratch (a top-k block's ``a``, the window's sums and the selection's
+    candidates, or a quantization block's residual and mask) is a torch tensor allocated for the
+    call, so the memory tracker counts it.
     """
 
     def __init__(self, library: ctypes.CDLL) -> None:
+        super().__init__()
         self.fn = library.optbench_microadam_step
         self.fn.restype = ctypes.c_int
         self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                             ctypes.c_int64]
-        self.key: tuple = ()
-        self.tensors = None
         self.row = 0
         self.windows: dict[int, int] = {}
 
-    def __call__(self, params, grads, states, layout, scalars) -> bool:
-        key = tuple(map(id, states)) + tuple(map(id, params))
-        if key != self.key:
-            if not self._describe(params, states, layout):
-                return False
-            self.key = key
-        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
-            return False
-        tensors = self.tensors
-        for i, g in enumerate(grads):
-            tensors[i].g = g.data_ptr()
+    def _run(self, params, layout, scalars) -> None:
         keep, groups = [], (_Group * len(scalars))()
         for i, numbers in enumerate(scalars):
             window = self.windows[i]
@@ -521,12 +509,11 @@ class NativeStep:
             groups[i] = _Group(w1.data_ptr(), w2.data_ptr(), window, int(numbers[1]), bc1, bc2, eps, decay, lr, 0.0)
         threads = torch.get_num_threads()
         scratch = torch.empty(threads * self.row, dtype=torch.float32)
-        status = self.fn(len(grads), ctypes.addressof(tensors), ctypes.addressof(groups), scratch.data_ptr(),
+        status = self.fn(len(params), ctypes.addressof(self.tensors), ctypes.addressof(groups), scratch.data_ptr(),
                          self.row, threads)
         if status:
             raise RuntimeError(f"MicroAdam's C kernel failed (status {status}: "
                                f"{'no memory for its work list' if status == 1 else 'scratch too small'})")
-        return True
 
     def dry_run(self, params, grads, states, layout, scalars) -> None:
         """On fake tensors (a projection): the call's one torch allocation, its scratch."""
@@ -534,7 +521,6 @@ class NativeStep:
         torch.empty(torch.get_num_threads() * row, dtype=torch.float32, device=params[0].device)
 
     def _describe(self, params, states, layout) -> bool:
-        """Fill the descriptors; False if a tensor is one the kernel does not take."""
         tensors = (_Tensor * len(params))()
         windows = {}
         for i, (p, state, ((topk, qbs, window, dense_share), slot)) in enumerate(zip(params, states, layout,

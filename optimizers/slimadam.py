@@ -61,6 +61,7 @@ from optbench.optimizers._common import (
     initial_impl,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._native import KernelStep
 from optbench.optimizers._native import load as load_native
 from torch import nn
 
@@ -308,38 +309,24 @@ def kernel_view(shape: Sequence[int], axes: Axes) -> tuple[int, int, int] | None
     return math.prod(shape[:first]), math.prod(shape[first:last + 1]), math.prod(shape[last + 1:])
 
 
-class NativeStep:
-    """SlimAdam's step through ``kernels/slimadam.c``: every tensor in one call, the descriptors
-    made once per set of tensors, the gradients' addresses set each step."""
+class NativeStep(KernelStep):
+    """SlimAdam's step through ``kernels/slimadam.c``: every tensor in one call. It makes no torch
+    allocation: its per-item buffers, two rows of at most ``COLS`` floats, live on the C stack."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
+        super().__init__()
         self.fn, self.items = library.optbench_slimadam_step, library.optbench_slimadam_items
         self.fn.restype, self.items.restype = ctypes.c_int, ctypes.c_int64
         self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         self.items.argtypes = [ctypes.c_int64, ctypes.c_void_p]
-        self.key: tuple = ()
-        self.tensors = self.work = None
+        self.work = None
 
-    def __call__(self, params, grads, states, layout, scalars) -> bool:
-        key = tuple(map(id, states)) + tuple(map(id, params))
-        if key != self.key:
-            if not self._describe(params, states, layout):
-                return False
-            self.key = key
-        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
-            return False
-        for i, g in enumerate(grads):
-            self.tensors[i].g = g.data_ptr()
+    def _run(self, params, layout, scalars) -> None:
         groups = (_Group * len(scalars))()
         for i, (b1, b2, eps, step_size, bc2_sqrt, decay) in enumerate(scalars):
             groups[i] = _Group(b1, 1 - b1, b2, 1 - b2, eps, step_size, bc2_sqrt, decay)
-        self.fn(len(grads), ctypes.addressof(self.tensors), ctypes.addressof(groups), ctypes.addressof(self.work),
+        self.fn(len(params), ctypes.addressof(self.tensors), ctypes.addressof(groups), ctypes.addressof(self.work),
                 torch.get_num_threads())
-        return True
-
-    def dry_run(self, params, grads, states, layout, scalars) -> None:
-        """On fake tensors (a projection): the call makes no torch allocation (its per-item buffers,
-        two rows of at most ``COLS`` floats, live on the C stack)."""
 
     def _describe(self, params, states, layout) -> bool:
         tensors = (_Tensor * len(params))()

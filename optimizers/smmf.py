@@ -72,6 +72,7 @@ from optbench.optimizers._common import (
     work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
+from optbench.optimizers._native import KernelStep
 from optbench.optimizers._native import load as load_native
 from torch import nn
 
@@ -320,7 +321,7 @@ def item_rows(rows: int, cols: int, plain: bool) -> int:
     return max(SIGN_BITS, ITEM_ELEMENTS // cols // SIGN_BITS * SIGN_BITS)
 
 
-class NativeStep:
+class NativeStep(KernelStep):
     """SMMF's step through ``kernels/smmf.c``: every tensor in one call.
 
     Its torch allocations, counted by the memory tracker: each item's column sums (2·cols floats
@@ -329,32 +330,21 @@ class NativeStep:
     """
 
     def __init__(self, library: ctypes.CDLL) -> None:
+        super().__init__()
         self.fn = library.optbench_smmf_step
         self.fn.restype = ctypes.c_int
         self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                             ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-        self.key: tuple = ()
-        self.tensors = None
         self.items = self.stride = 0
 
-    def __call__(self, params, grads, states, layout, scalars) -> bool:
-        key = tuple(map(id, states)) + tuple(map(id, params))
-        if key != self.key:
-            if not self._describe(params, states, layout):
-                return False
-            self.key = key
-        if any(g.dtype != torch.float32 or not g.is_contiguous() or g.device.type != "cpu" for g in grads):
-            return False
-        for i, g in enumerate(grads):
-            self.tensors[i].g = g.data_ptr()
+    def _run(self, params, layout, scalars) -> None:
         groups = (_Group * len(scalars))()
         for i, (b1, b2, eps, decay, lr, l2) in enumerate(scalars):
             groups[i] = _Group(b1, 1 - b1, b2, 1 - b2, eps, decay, lr, l2)
         threads = torch.get_num_threads()
         colsums, words = self._scratch(threads, params[0].device)
-        self.fn(len(grads), ctypes.addressof(self.tensors), ctypes.addressof(groups), self.items, colsums.data_ptr(),
+        self.fn(len(params), ctypes.addressof(self.tensors), ctypes.addressof(groups), self.items, colsums.data_ptr(),
                 self.stride, words.data_ptr(), threads)
-        return True
 
     def _scratch(self, threads: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.empty(self.items * self.stride, dtype=torch.float32, device=device),

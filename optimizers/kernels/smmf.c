@@ -61,6 +61,24 @@ static void plain_item(const ftensor *t, const fgroup *gr, int64_t lo, int64_t h
     }
 }
 
+/* Element j of the row: M and V from the old factors, its sign bit, its parameter and its column
+ * sums, with |M| and V added to the row sums ROW_M and ROW_V. A macro rather than a function, so
+ * that the loops keep their restrict pointers and vectorize. */
+#define FACTORED_ELEMENT(j, ROW_M, ROW_V)                                    \
+    do {                                                                     \
+        float gj = l2_term ? g[j] + p[j] * l2 : g[j];                        \
+        float s = ((old[j] >> bit) & 1u) ? 1.0f : -1.0f;                     \
+        float mj = ((rm * cm[j]) * s) * b1 + gj * a1;                        \
+        float vj = (rv * cv[j]) * b2 + (gj * gj) * a2;                       \
+        words[j] |= (uint32_t)(mj > 0.0f) << bit;                            \
+        float am = fabsf(mj);                                                \
+        ROW_M = ROW_M + am;                                                  \
+        ROW_V = ROW_V + vj;                                                  \
+        sum_m[j] = sum_m[j] + am;                                            \
+        sum_v[j] = sum_v[j] + vj;                                            \
+        p[j] = p[j] * decay - (mj / (sqrtf(vj) + eps)) * lr;                 \
+    } while (0)
+
 /* Rows [r0, r1) of factored tensor t (r0 a multiple of 32); ``colsums`` gets 2*cols floats:
  * this item's column sums of |M|, then of V. */
 static void factored_item(const ftensor *t, const fgroup *gr, int64_t r0, int64_t r1, float *restrict colsums,
@@ -83,35 +101,10 @@ static void factored_item(const ftensor *t, const fgroup *gr, int64_t r0, int64_
             const float *restrict g = t->g + r * cols;
             float part_m[16] = {0}, part_v[16] = {0};
             int64_t c = 0;
-            for (; c + 16 <= cols; c += 16)
-                for (int u = 0; u < 16; u++) {
-                    int64_t j = c + u;
-                    float gj = l2_term ? g[j] + p[j] * l2 : g[j];
-                    float s = ((old[j] >> bit) & 1u) ? 1.0f : -1.0f;
-                    float mj = ((rm * cm[j]) * s) * b1 + gj * a1;
-                    float vj = (rv * cv[j]) * b2 + (gj * gj) * a2;
-                    words[j] |= (uint32_t)(mj > 0.0f) << bit;
-                    float am = fabsf(mj);
-                    part_m[u] = part_m[u] + am;
-                    part_v[u] = part_v[u] + vj;
-                    sum_m[j] = sum_m[j] + am;
-                    sum_v[j] = sum_v[j] + vj;
-                    p[j] = p[j] * decay - (mj / (sqrtf(vj) + eps)) * lr;
-                }
+            for (; c + 16 <= cols; c += 16) /* 16 partial row sums: the loop vectorizes */
+                for (int u = 0; u < 16; u++) FACTORED_ELEMENT(c + u, part_m[u], part_v[u]);
             float tail_m = 0.0f, tail_v = 0.0f;
-            for (; c < cols; c++) {
-                float gj = l2_term ? g[c] + p[c] * l2 : g[c];
-                float s = ((old[c] >> bit) & 1u) ? 1.0f : -1.0f;
-                float mj = ((rm * cm[c]) * s) * b1 + gj * a1;
-                float vj = (rv * cv[c]) * b2 + (gj * gj) * a2;
-                words[c] |= (uint32_t)(mj > 0.0f) << bit;
-                float am = fabsf(mj);
-                tail_m = tail_m + am;
-                tail_v = tail_v + vj;
-                sum_m[c] = sum_m[c] + am;
-                sum_v[c] = sum_v[c] + vj;
-                p[c] = p[c] * decay - (mj / (sqrtf(vj) + eps)) * lr;
-            }
+            for (; c < cols; c++) FACTORED_ELEMENT(c, tail_m, tail_v);
             for (int w = 8; w >= 1; w /= 2)
                 for (int u = 0; u < w; u++) {
                     part_m[u] = part_m[u] + part_m[u + w];
@@ -123,6 +116,7 @@ static void factored_item(const ftensor *t, const fgroup *gr, int64_t r0, int64_
         memcpy(old, words, sizeof(uint32_t) * cols);
     }
 }
+#undef FACTORED_ELEMENT
 
 /* One SMMF step of ``count`` tensors. ``colsums``: 2 * max cols floats per item of every
  * tensor (``first_item`` numbers them; ``stride`` = 2 * max cols); ``words``: ``threads`` rows

@@ -24,7 +24,7 @@ from optbench.optimizers.microadam import (
     window_weights,
 )
 from torch import nn
-from toy_model import compiled_graphs, toy, toy_loss, train
+from toy_model import compiled_graphs, step_alike, toy, toy_loss, train
 
 from optbench.registry import get_optimizer
 from optbench.state import optimizer_state_bytes
@@ -348,13 +348,7 @@ def test_native_step_matches_eager(shapes, kwargs, kernel_build) -> None:
     (native, fast), (eager, slow) = _native_pair(shapes, kwargs)
     start = [p.detach().clone() for p in native]
     assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(kwargs.get("m", 10) + 3):
-        for p, q in zip(native, eager, strict=True):
-            g = torch.randn(p.shape, generator=generator)
-            p.grad, q.grad = g.clone(), g.clone()
-        fast.step()
-        slow.step()
+    step_alike((native, fast), (eager, slow), kwargs.get("m", 10) + 3)
     for p, q, p0 in zip(native, eager, start, strict=True):
         a, b = fast.state[p], slow.state[q]
         for key in ("error_codes", "error_min", "error_max"):

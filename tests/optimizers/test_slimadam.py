@@ -10,7 +10,7 @@ import toy_model
 from optbench.optimizers import slimadam
 from optbench.optimizers.slimadam import SlimAdamW, build_slimadam, compression_axes, static_rules
 from torch import nn
-from toy_model import compiled_graphs
+from toy_model import compiled_graphs, step_alike
 
 from optbench.model_info import ModelInfo, attach_info
 from optbench.registry import get_optimizer
@@ -247,13 +247,7 @@ def test_native_step_matches_the_torch_step() -> None:
     (native, fast), (torch_params, slow) = make(True), make(False)
     start = [p.detach().clone() for p in native]
     assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(8):
-        for p, q in zip(native, torch_params, strict=True):
-            g = torch.randn(p.shape, generator=generator)
-            p.grad, q.grad = g.clone(), g.clone()
-        fast.step()
-        slow.step()
+    step_alike((native, fast), (torch_params, slow), 8)
     for p, q, p0, (shape, axes) in zip(native, torch_params, start, NATIVE_SHAPES, strict=True):
         for key in ("exp_avg", "exp_avg_sq"):
             a, b = fast.state[p][key], slow.state[q][key]

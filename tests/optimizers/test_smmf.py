@@ -19,7 +19,7 @@ from optbench.optimizers.smmf import (
     unpack_signs,
 )
 from torch import nn
-from toy_model import compiled_graphs, toy, toy_loss, train
+from toy_model import compiled_graphs, step_alike, toy, toy_loss, train
 
 from optbench.param_groups import decayed_names
 from optbench.registry import get_optimizer
@@ -281,13 +281,7 @@ def test_native_step_matches_the_torch_step(kwargs) -> None:
     (native, fast), (torch_params, slow) = make(True), make(False)
     start = [p.detach().clone() for p in native]
     assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(8):
-        for p, q in zip(native, torch_params, strict=True):
-            g = torch.randn(p.shape, generator=generator)
-            p.grad, q.grad = g.clone(), g.clone()
-        fast.step()
-        slow.step()
+    step_alike((native, fast), (torch_params, slow), 8)
     for p, q, p0, shape in zip(native, torch_params, start, NATIVE_SHAPES, strict=True):
         a, b = fast.state[p], slow.state[q]
         assert a.keys() == b.keys()

@@ -56,3 +56,16 @@ def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
+
+
+def step_alike(first: tuple[list[nn.Parameter], torch.optim.Optimizer],
+               second: tuple[list[nn.Parameter], torch.optim.Optimizer], steps: int, seed: int = 1) -> None:
+    """Step two optimizers over two copies of the same parameters with the same random gradients
+    (a C kernel's step against the torch step it replaces)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p, q in zip(first[0], second[0], strict=True):
+            g = torch.randn(p.shape, generator=generator)
+            p.grad, q.grad = g.clone(), g.clone()
+        first[1].step()
+        second[1].step()
