@@ -311,6 +311,7 @@ class _Group(ctypes.Structure):
 
 
 ITEM_ELEMENTS = 1 << 16  # elements per work item of the kernel, about
+COLSUM_FLOATS = 1 << 20  # the kernel's column sums scratch (4 MiB), unless one tensor needs more
 
 
 def item_rows(rows: int, cols: int, plain: bool) -> int:
@@ -324,9 +325,10 @@ def item_rows(rows: int, cols: int, plain: bool) -> int:
 class NativeStep(KernelStep):
     """SMMF's step through ``kernels/smmf.c``: every tensor in one call.
 
-    Its torch allocations, counted by the memory tracker: each item's column sums (2·cols floats
-    an item, about 8/32 bytes per element of a factorized tensor) and a row of sign words per
-    thread.
+    Its torch allocations, counted by the memory tracker: the column sums of a batch of tensors'
+    items (2·cols floats an item; all of them when they fit in ``COLSUM_FLOATS``, else batches of
+    that or of what the largest tensor needs, about 1/4 byte per element of it) and a row of sign
+    words per thread.
     """
 
     def __init__(self, library: ctypes.CDLL) -> None:
@@ -334,8 +336,8 @@ class NativeStep(KernelStep):
         self.fn = library.optbench_smmf_step
         self.fn.restype = ctypes.c_int
         self.fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-        self.items = self.stride = 0
+                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+        self.items = self.cap = self.word_row = 0
 
     def _run(self, params, layout, scalars) -> None:
         groups = (_Group * len(scalars))()
@@ -343,27 +345,31 @@ class NativeStep(KernelStep):
             groups[i] = _Group(b1, 1 - b1, b2, 1 - b2, eps, decay, lr, l2)
         threads = torch.get_num_threads()
         colsums, words = self._scratch(threads, params[0].device)
-        self.fn(len(params), ctypes.addressof(self.tensors), ctypes.addressof(groups), self.items, colsums.data_ptr(),
-                self.stride, words.data_ptr(), threads)
+        if self.fn(len(params), ctypes.addressof(self.tensors), ctypes.addressof(groups), self.items,
+                   colsums.data_ptr(), self.cap, words.data_ptr(), self.word_row, threads):
+            raise RuntimeError("SMMF's C kernel failed: a tensor's column sums exceed its scratch, or no memory")
 
     def _scratch(self, threads: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.empty(self.items * self.stride, dtype=torch.float32, device=device),
-                torch.empty(threads * self.stride // 2, dtype=torch.int32, device=device))
+        return (torch.empty(self.cap, dtype=torch.float32, device=device),
+                torch.empty(threads * self.word_row, dtype=torch.int32, device=device))
 
     def dry_run(self, params, grads, states, layout, scalars) -> None:
         """On fake tensors (a projection): the call's torch allocations (``_scratch``), no arithmetic."""
-        self.items, self.stride = self._plan(params, layout)
+        self.items, self.cap, self.word_row = self._plan(params, layout)
         self._scratch(torch.get_num_threads(), params[0].device)
 
     @staticmethod
-    def _plan(params, layout) -> tuple[int, int]:
-        """(items over every tensor, floats of column sums per item)."""
-        items, cols = 0, 1
+    def _plan(params, layout) -> tuple[int, int, int]:
+        """(items over every tensor, floats of the column sums scratch, sign words per thread)."""
+        items, need, total, cols = 0, 0, 0, 1
         for p, (kind, _, _) in zip(params, layout, strict=True):
             rows, width = p.shape if kind == FACTORED else (p.numel(), 1)
-            items += -(-rows // item_rows(rows, width, kind == PLAIN))
-            cols = max(cols, width if kind == FACTORED else 1)
-        return items, 2 * cols
+            count = -(-rows // item_rows(rows, width, kind == PLAIN))
+            items += count
+            if kind == FACTORED:
+                need, total, cols = max(need, count * 2 * width), total + count * 2 * width, max(cols, width)
+        # every tensor in one batch when they fit in COLSUM_FLOATS; else batches of that, or of the largest's need
+        return items, max(1, min(total, max(need, COLSUM_FLOATS))), cols
 
     def _describe(self, params, states, layout) -> bool:
         tensors = (_Tensor * len(params))()
@@ -379,7 +385,7 @@ class NativeStep(KernelStep):
             tensors[i] = _Tensor(rows, cols, p.data_ptr(), 0, *pointers, int(plain), int(l2_term), per, first, slot)
             first += -(-rows // per)
         self.tensors = tensors
-        self.items, self.stride = self._plan(params, layout)
+        self.items, self.cap, self.word_row = self._plan(params, layout)
         return True
 
 

@@ -4,11 +4,14 @@
  * (rows, cols) square-matricized view, rows >= cols, with rank-1 factors (r_M, c_M), (r_V, c_V)
  * and signs packed 32 rows to an int32 word (bit i of word (w, c) is element (32w + i, c)).
  *
+ * The tensors go in batches of consecutive tensors whose per-item column sums fit in the caller's
+ * scratch (``cap`` floats, at least what the largest tensor needs: about 1/4 byte per element
+ * of it), and per batch:
  *   phase 1, per item of whole 32-row groups (in parallel): for each element, with the old factors,
  *     M = (r_M c_M * sign) * b1 + g * (1 - b1);  V = (r_V c_V) * b2 + (g * g) * (1 - b2);
  *     the new sign bit (M > 0); p = p * decay - (M / (sqrt(V) + eps)) * lr;
  *     and the sums of |M| and V along each row (written over r_M and r_V: a row's factor is read
- *     by its own item only) and, per item, along each column (into the caller's scratch).
+ *     by its own item only) and, per item, along each column (into the scratch).
  *   phase 2, per tensor: the column sums over items, in item order, and c = colsum / sum(colsum)
  *     (the closed-form rank-1 NNMF of a matrix with rows >= cols keeps the row sums as they are).
  * Each element's data is read and written once: the gradient, the parameter and a bit of sign.
@@ -18,6 +21,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -118,39 +122,67 @@ static void factored_item(const ftensor *t, const fgroup *gr, int64_t r0, int64_
 }
 #undef FACTORED_ELEMENT
 
-/* One SMMF step of ``count`` tensors. ``colsums``: 2 * max cols floats per item of every
- * tensor (``first_item`` numbers them; ``stride`` = 2 * max cols); ``words``: ``threads`` rows
- * of ``stride / 2`` uint32. Returns 0. */
+/* Floats of column sums tensor t's items need: 2*cols per item (none for a plain tensor). */
+static inline int64_t colsum_floats(const ftensor *t) {
+    return t->plain ? 0 : items_of(t) * 2 * t->cols;
+}
+
+/* One SMMF step of ``count`` tensors. ``colsums``: ``cap`` floats, at least the most any one
+ * tensor needs (``colsum_floats``); the tensors go in batches of consecutive tensors whose column
+ * sums fit in it, one batch after another, so that the scratch stays bounded however large the
+ * model (a batch of many small tensors still spreads over the threads). ``words``: ``threads``
+ * rows of ``word_row`` uint32 (at least the largest cols). Returns 0, 1 when a tensor's column
+ * sums exceed ``cap`` or the batch list cannot be allocated. */
 int optbench_smmf_step(int64_t count, const ftensor *tensors, const fgroup *groups, int64_t total_items,
-                       float *colsums, int64_t stride, uint32_t *words, int64_t threads) {
+                       float *colsums, int64_t cap, uint32_t *words, int64_t word_row, int64_t threads) {
+    /* batch b: tensors [start[b], start[b+1]); offset[t]: where tensor t's column sums begin */
+    int64_t *start = malloc(sizeof(int64_t) * (2 * count + 1)), *offset = start + count + 1, batches = 0;
+    if (!start) return 1;
+    for (int64_t t = 0, used = 0; t < count; t++) {
+        int64_t need = colsum_floats(&tensors[t]);
+        if (need > cap) {
+            free(start);
+            return 1;
+        }
+        if (t == 0 || used + need > cap) {
+            start[batches++] = t;
+            used = 0;
+        }
+        offset[t] = used;
+        used += need;
+    }
+    start[batches] = count;
+    (void)total_items;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
     {
 #ifdef _OPENMP
-        uint32_t *mine = words + (stride / 2) * omp_get_thread_num();
+        uint32_t *mine = words + word_row * omp_get_thread_num();
 #else
         uint32_t *mine = words;
 #endif
         int64_t t = 0;
+        for (int64_t b = 0; b < batches; b++) {
+            const int64_t first = tensors[start[b]].first_item;
+            const int64_t end = start[b + 1] < count ? tensors[start[b + 1]].first_item : total_items;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t i = 0; i < total_items; i++) {
-            while (t + 1 < count && tensors[t + 1].first_item <= i) t++; /* items ascend with i per thread */
-            while (tensors[t].first_item > i) t--;
-            const ftensor *x = &tensors[t];
-            int64_t k = i - x->first_item, lo = k * x->group_rows;
-            int64_t hi = lo + x->group_rows < x->rows ? lo + x->group_rows : x->rows;
-            if (x->plain) plain_item(x, &groups[x->group], lo, hi);
-            else factored_item(x, &groups[x->group], lo, hi, colsums + i * stride, mine);
-        }
+            for (int64_t i = first; i < end; i++) {
+                while (t + 1 < count && tensors[t + 1].first_item <= i) t++; /* i only grows, per thread */
+                const ftensor *x = &tensors[t];
+                int64_t k = i - x->first_item, lo = k * x->group_rows;
+                int64_t hi = lo + x->group_rows < x->rows ? lo + x->group_rows : x->rows;
+                if (x->plain) plain_item(x, &groups[x->group], lo, hi);
+                else factored_item(x, &groups[x->group], lo, hi, colsums + offset[t] + k * 2 * x->cols, mine);
+            }
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t j = 0; j < count; j++) {
-            const ftensor *x = &tensors[j];
-            if (!x->plain) {
+            for (int64_t j = start[b]; j < start[b + 1]; j++) {
+                const ftensor *x = &tensors[j];
+                if (x->plain) continue;
                 /* the column sums over this tensor's items, in item order; c = colsum / sum(colsum) */
                 const int64_t cols = x->cols, items = items_of(x);
                 float *targets[2] = {x->col_m, x->col_v};
@@ -158,7 +190,7 @@ int optbench_smmf_step(int64_t count, const ftensor *tensors, const fgroup *grou
                     float *c = targets[which];
                     for (int64_t q = 0; q < cols; q++) c[q] = 0.0f;
                     for (int64_t it = 0; it < items; it++) {
-                        const float *part = colsums + (x->first_item + it) * stride + which * cols;
+                        const float *part = colsums + offset[j] + it * 2 * cols + which * cols;
                         for (int64_t q = 0; q < cols; q++) c[q] = c[q] + part[q];
                     }
                     float total = 0.0f;
@@ -169,5 +201,6 @@ int optbench_smmf_step(int64_t count, const ftensor *tensors, const fgroup *grou
             }
         }
     }
+    free(start);
     return 0;
 }

@@ -267,10 +267,12 @@ NATIVE_KWARGS = [{}, dict(weight_decay=0.1, decay_rate=-0.8),
                  dict(weight_decay=0.1, weight_decay_mode="adam", vector_reshape=False)]
 
 
+@pytest.mark.parametrize("batches", ["one batch", "a batch per tensor"])
 @pytest.mark.parametrize("kwargs", NATIVE_KWARGS)
-def test_native_step_matches_the_torch_step(kwargs) -> None:
+def test_native_step_matches_the_torch_step(kwargs, batches, monkeypatch) -> None:
     """The kernel's signs equal the torch step's and its factors, moments and parameters agree to
-    float rounding. (Its sums add in another order than torch's: where M lands within rounding
+    float rounding, whether the tensors' column sums share one batch of the kernel's scratch or go
+    in a batch each. (Its sums add in another order than torch's: where M lands within rounding
     of 0, the two can pick different signs, after which that row and column differ by a sign's
     worth; on these sizes and steps none does.)"""
     def make(native: bool):
@@ -278,6 +280,8 @@ def test_native_step_matches_the_torch_step(kwargs) -> None:
         params = [nn.Parameter(torch.randn(shape)) for shape in NATIVE_SHAPES]
         return params, SMMF(params, lr=1e-2, native=native, **kwargs)
 
+    if batches != "one batch":  # a scratch too small for two tensors' column sums: one batch each
+        monkeypatch.setattr(smmf, "COLSUM_FLOATS", 1)
     (native, fast), (torch_params, slow) = make(True), make(False)
     start = [p.detach().clone() for p in native]
     assert (fast.optbench_impl, slow.optbench_impl) == ("native", "eager")
