@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-# Our own optimizer classes compile their step by default (the registered builds pass
-# compile=False); the suite steps them eagerly (compiling every toy model would cost minutes).
-# The compiled path has its own tests (marked slow), which set it back.
+# Our own optimizers compile their step when asked (compile=True); the suite never compiles
+# (compiling every toy model would cost minutes), so those builds step natively or eagerly. The
+# compiled path has its own tests (marked slow), which set it back.
 os.environ.setdefault("OPTBENCH_COMPILE", "0")
 
 
