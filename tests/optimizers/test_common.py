@@ -100,6 +100,7 @@ def test_compiled_chunks_share_a_graph_per_distinct_key(monkeypatch) -> None:
     assert len(made) == 1
 
 
+@pytest.mark.native
 def test_the_run_record_says_which_step_ran(monkeypatch) -> None:
     from optbench.runner import run_one
 

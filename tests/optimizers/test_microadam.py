@@ -340,6 +340,7 @@ def kernel_build(request, monkeypatch, tmp_path):
     return request.param
 
 
+@pytest.mark.native
 @pytest.mark.parametrize(("shapes", "kwargs"), NATIVE_CASES)
 def test_native_step_matches_eager(shapes, kwargs, kernel_build) -> None:
     """The kernel's error codes, block minima and maxima and window equal the eager step's, and
@@ -361,6 +362,7 @@ def test_native_step_matches_eager(shapes, kwargs, kernel_build) -> None:
         assert (p - q).abs().max() <= 1e-5 * moved.abs().max()
 
 
+@pytest.mark.native
 def test_native_top_k_among_ties_is_a_top_k(kernel_build) -> None:
     """Where many |a| tie, the kernel may choose other entries than torch.topk, but always k of the
     largest: every chosen |a| is at least every unchosen one, and the error holds the rest."""
@@ -393,6 +395,7 @@ def test_options_the_kernel_lacks_take_the_torch_step(kwargs) -> None:
     assert opt.optbench_impl == "eager"
 
 
+@pytest.mark.native
 def test_a_group_the_kernel_cannot_take_switches_to_the_torch_step_with_a_warning() -> None:
     p, q = nn.Parameter(torch.randn(100)), nn.Parameter(torch.randn(50))
     opt = MicroAdam([p], lr=1e-3)
@@ -422,6 +425,7 @@ def test_native_disabled_by_the_environment_or_a_missing_compiler(monkeypatch, t
     assert "no C compiler" in _native.why_unavailable("microadam")
 
 
+@pytest.mark.native
 def test_native_scratch_is_counted_and_under_one_parameter(monkeypatch) -> None:
     """The kernel's per-thread scratch is a torch tensor, so the memory tracker sees it; it holds a
     few blocks per thread, under issue 13's limit of one parameter-sized float32 temporary."""

@@ -232,6 +232,7 @@ NATIVE_SHAPES = [
 ]
 
 
+@pytest.mark.native
 def test_native_step_matches_the_torch_step() -> None:
     """The kernel's m, v and parameters agree with the eager (foreach) torch step to float rounding,
     on every kind of axes, with weight decay, across two param groups with their own betas."""
@@ -266,6 +267,7 @@ def test_axes_that_are_not_consecutive_take_the_torch_step() -> None:
     assert opt.state[p]["exp_avg_sq"].shape == (1, 5, 1)
 
 
+@pytest.mark.native
 def test_native_runs_by_default_and_trains() -> None:
     model = toy()
     opt = build_slimadam(model, 1e-2)

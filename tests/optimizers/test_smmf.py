@@ -267,6 +267,7 @@ NATIVE_KWARGS = [{}, dict(weight_decay=0.1, decay_rate=-0.8),
                  dict(weight_decay=0.1, weight_decay_mode="adam", vector_reshape=False)]
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("batches", ["one batch", "a batch per tensor"])
 @pytest.mark.parametrize("kwargs", NATIVE_KWARGS)
 def test_native_step_matches_the_torch_step(kwargs, batches, monkeypatch) -> None:
@@ -299,6 +300,7 @@ def test_native_step_matches_the_torch_step(kwargs, batches, monkeypatch) -> Non
         assert (p - q).abs().max() <= 1e-4 * moved.abs().max(), shape
 
 
+@pytest.mark.native
 def test_native_scratch_is_counted_and_under_one_parameter() -> None:
     """The kernel's column sums per work item and its per-thread sign words are torch tensors, so
     the memory tracker counts them; together under one parameter-sized float32 temporary."""
