@@ -29,6 +29,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from optbench.optimizers._native import load as load_native
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
@@ -292,6 +293,20 @@ class PlannedStep:
 
     def _step_pieces(self) -> tuple[Callable, ...]:
         raise NotImplementedError
+
+    def _choose_step(self, compile: bool, native: bool, kernel: str, step_class: Callable,
+                     fits: Callable[[], bool]) -> None:
+        """Set ``optbench_impl`` and the kernel's step (``_native``, or None): the C kernel
+        ``kernel`` when ``native``, ``compile=True`` does not ask for the compiled step instead,
+        ``fits()`` (the kernel takes every parameter and option) and it builds; else the compiled
+        or eager step, which ``optbench_fallback_impl`` names for when a later step cannot take the
+        kernel."""
+        self.optbench_fallback_impl = initial_impl(compile)
+        self._native = None
+        if native and not (compile and compile_enabled()) and fits():
+            library = load_native(kernel)
+            self._native = step_class(library) if library is not None else None
+        self.optbench_impl = initial_impl(compile, native=self._native is not None)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:

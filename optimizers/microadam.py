@@ -83,15 +83,12 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     check_positive_int,
-    compile_enabled,
     decay_factor,
-    initial_impl,
     trainable,
     work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from optbench.optimizers._native import KernelStep
-from optbench.optimizers._native import load as load_native
 from torch import nn
 
 from optbench.param_groups import decay_groups, flat_params
@@ -571,12 +568,7 @@ class MicroAdam(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
                         topk_block_size=int(topk_block_size), betas=tuple(betas), eps=eps,
                         weight_decay=weight_decay, alpha=alpha, quantize_error=bool(quantize_error))
         super().__init__(params, defaults)
-        self.optbench_fallback_impl = initial_impl(compile)
-        self._native = None
-        if native and not (compile and compile_enabled()) and self._native_fits():
-            library = load_native("microadam")
-            self._native = NativeStep(library) if library is not None else None
-        self.optbench_impl = initial_impl(compile, native=self._native is not None)
+        self._choose_step(compile, native, "microadam", NativeStep, self._native_fits)
 
     def _native_fits(self) -> bool:
         """Whether the C kernel implements every param group's options and takes every parameter."""

@@ -55,14 +55,11 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     column_sums,
-    compile_enabled,
     decay_factor,
     ema_,
-    initial_impl,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from optbench.optimizers._native import KernelStep
-from optbench.optimizers._native import load as load_native
 from torch import nn
 
 from optbench.model_info import ModelInfo, get_model_info
@@ -201,12 +198,7 @@ class SlimAdamW(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
             group["compress_axes"] = [None if a is None else tuple(a) for a in group_axes]
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(groups, defaults)
-        self.optbench_fallback_impl = initial_impl(compile)
-        self._native = None
-        if native and not (compile and compile_enabled()) and self._native_fits():
-            library = load_native("slimadam")
-            self._native = NativeStep(library) if library is not None else None
-        self.optbench_impl = initial_impl(compile, native=self._native is not None)
+        self._choose_step(compile, native, "slimadam", NativeStep, self._native_fits)
 
     def _native_fits(self) -> bool:
         """Whether the C kernel takes every parameter: CPU float32, axes one run of consecutive dims."""

@@ -64,16 +64,13 @@ from optbench.optimizers._common import (
     check_lr,
     check_nonnegative,
     column_sums,
-    compile_enabled,
     decay_factor,
     ema_,
-    initial_impl,
     trainable,
     work_view,
 )
 from optbench.optimizers._keep_dtypes import KeepStateDtypes
 from optbench.optimizers._native import KernelStep
-from optbench.optimizers._native import load as load_native
 from torch import nn
 
 from optbench.param_groups import decay_groups
@@ -418,13 +415,11 @@ class SMMF(PlannedStep, KeepStateDtypes, torch.optim.Optimizer):
         defaults = dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
-        self.optbench_fallback_impl = initial_impl(compile)
-        self._native = None
-        if native and not (compile and compile_enabled()) and all(
-                p.device.type == "cpu" and p.dtype == torch.float32 for g in self.param_groups for p in g["params"]):
-            library = load_native("smmf")
-            self._native = NativeStep(library) if library is not None else None
-        self.optbench_impl = initial_impl(compile, native=self._native is not None)
+        self._choose_step(compile, native, "smmf", NativeStep, self._native_fits)
+
+    def _native_fits(self) -> bool:
+        """Whether the C kernel takes every parameter: CPU float32."""
+        return all(p.device.type == "cpu" and p.dtype == torch.float32 for g in self.param_groups for p in g["params"])
 
     def _step_pieces(self):
         return _describe, _step_scalars, smmf_step, smmf_step_eager, self._native

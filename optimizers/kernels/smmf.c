@@ -152,7 +152,6 @@ int optbench_smmf_step(int64_t count, const ftensor *tensors, const fgroup *grou
         used += need;
     }
     start[batches] = count;
-    (void)total_items;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
